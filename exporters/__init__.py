@@ -1,0 +1,25 @@
+"""exporters: turn a sentence-transformers model into a self-contained folder that st_runtime runs.
+
+Needs the export extra (torch, sentence-transformers, transformers, onnx).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+_MISSING = [name for name in ("torch", "sentence_transformers", "transformers", "onnx") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ImportError(
+        f"exporters needs the export extra ({', '.join(_MISSING)} not installed): pip install 'st-runtime[export]'"
+    )
+
+from exporters.api import export  # noqa: E402
+from exporters.errors import (  # noqa: E402
+    ExportError,
+    ModelLoadError,
+    OutputExistsError,
+    ParityError,
+    UnsupportedModelError,
+)
+
+__all__ = ["ExportError", "ModelLoadError", "OutputExistsError", "ParityError", "UnsupportedModelError", "export"]

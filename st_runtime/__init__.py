@@ -1,0 +1,28 @@
+"""st_runtime: run sentence-transformers models exported by `st-export` with onnxruntime, tokenizers and numpy.
+
+No torch, transformers or sentence-transformers are imported, directly or indirectly.
+"""
+
+from st_runtime.errors import InvalidInputError, ManifestError, ModelFileError, ProviderError, StRuntimeError
+from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, TokenizerSpec, Variant, load_manifest
+from st_runtime.providers import resolve_providers
+from st_runtime.sentence_transformer import SentenceTransformer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "InvalidInputError",
+    "Manifest",
+    "ManifestError",
+    "ModelFileError",
+    "ProviderError",
+    "SentenceTransformer",
+    "StRuntimeError",
+    "TokenizerSpec",
+    "Variant",
+    "__version__",
+    "load_manifest",
+    "resolve_providers",
+]

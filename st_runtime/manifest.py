@@ -1,0 +1,175 @@
+"""The folder contract: `st_runtime.json`, the manifest every exported folder carries.
+
+The runtime reads only this file (and the files it names) to know what the graph computes. Bump
+`FORMAT_VERSION` when the meaning of a field changes; the runtime refuses versions it does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from st_runtime.errors import ManifestError, ModelFileError
+
+MANIFEST_NAME = "st_runtime.json"
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One runnable graph in the folder (fp32, or a quantized/optimized copy of it)."""
+
+    name: str  # "fp32", "qint8_avx512_vnni", "O3", ...
+    file: str  # path relative to the folder, e.g. "onnx/model.onnx"
+    precision: str = "fp32"
+    isa: str | None = None
+    accuracy: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How texts are turned into graph inputs, exactly as the source model did it."""
+
+    file: str = "tokenizer.json"
+    max_seq_length: int = 512
+    pad_token: str = "[PAD]"
+    pad_token_id: int = 0
+    padding_side: str = "right"
+    truncation_side: str = "right"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an exported folder contains and how to run it."""
+
+    task: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tokenizer: TokenizerSpec
+    variants: tuple[Variant, ...]
+    embedding_dimension: int | None = None
+    similarity_fn_name: str | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    modules: tuple[dict[str, Any], ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    parity: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def max_seq_length(self) -> int:
+        """Inputs are truncated to this many tokens (special tokens included)."""
+        return self.tokenizer.max_seq_length
+
+    def variant(self, *, name: str | None = None, file_name: str | None = None) -> Variant:
+        """Return the variant with this name or file (the first variant, fp32, when neither is given).
+
+        Raises:
+            ManifestError: no variant matches; the message lists the ones available.
+        """
+        for v in self.variants:
+            if (name is None and file_name is None) or v.name == name or file_name in (v.file, Path(v.file).name):
+                return v
+        available = ", ".join(f"{v.name} ({v.file})" for v in self.variants)
+        raise ManifestError(f"No variant {name or file_name!r} in this folder. Available: {available}.")
+
+    def to_json(self) -> str:
+        """Serialize to the JSON text stored in `st_runtime.json` (keys sorted, stable across runs)."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse manifest JSON text.
+
+        Raises:
+            ManifestError: the text is not valid JSON, misses fields, or has an unknown format_version.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({exc}). Re-export the model.") from exc
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version not in SUPPORTED_FORMAT_VERSIONS:
+            raise ManifestError(
+                f"{MANIFEST_NAME} has format_version {version!r}; this st_runtime reads {SUPPORTED_FORMAT_VERSIONS}. "
+                "Upgrade st-runtime or re-export the model with this version."
+            )
+        try:
+            data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
+            data["variants"] = tuple(Variant(**v) for v in data["variants"])
+            for key in ("inputs", "outputs", "modules"):
+                data[key] = tuple(data.get(key, ()))
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{MANIFEST_NAME} is missing or has malformed fields ({exc}). Re-export the model.") from exc
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the manifest into `folder` and return its path."""
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read the manifest of an exported folder.
+
+    Raises:
+        ManifestError: the folder does not exist or has no `st_runtime.json`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(f"{str(folder)!r} is not a folder. Pass the folder that st-export wrote.")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(
+            f"{str(folder)!r} has no {MANIFEST_NAME}, so it is not a folder written by st-export. "
+            f"Export the model first: st-export MODEL -o {folder}"
+        )
+    return Manifest.from_json(path.read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_folder(folder: str | Path) -> dict[str, str]:
+    """sha256 of every file below `folder` except the manifest, keyed by POSIX relative path."""
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def verify_files(folder: str | Path, manifest: Manifest, relative_paths: list[str]) -> None:
+    """Check that each listed file exists and matches the sha256 recorded in the manifest.
+
+    Raises:
+        ModelFileError: a file is missing, unlisted, or its content changed (corrupt or truncated).
+    """
+    folder = Path(folder)
+    for rel in relative_paths:
+        path = folder / rel
+        if not path.is_file():
+            raise ModelFileError(f"{rel} is missing from {str(folder)!r}. Re-export the model or copy the whole folder.")
+        expected = manifest.files.get(rel)
+        if expected is None:
+            raise ModelFileError(f"{rel} is not listed in {MANIFEST_NAME}, so it cannot be verified. Re-export the model.")
+        if sha256_file(path) != expected:
+            raise ModelFileError(
+                f"{rel} in {str(folder)!r} does not match the sha256 in {MANIFEST_NAME}: the file is corrupt, "
+                "truncated or was changed after export. Re-export the model or copy the folder again."
+            )

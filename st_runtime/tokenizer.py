@@ -1,0 +1,55 @@
+"""Texts to graph inputs with the `tokenizers` library, configured from the manifest (never from the
+padding/truncation settings stored in tokenizer.json, which often differ from what the model used)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from st_runtime.manifest import TokenizerSpec
+
+Feeds = dict[str, np.ndarray]
+
+
+class TextTokenizer:
+    """Pads to the longest text of a batch and truncates at `max_seq_length`, as sentence-transformers does.
+
+    Thread-safe: the configuration is fixed at construction and `encode` only reads it.
+    """
+
+    def __init__(self, folder: str | Path, spec: TokenizerSpec) -> None:
+        self.spec = spec
+        self._tokenizer = Tokenizer.from_file(str(Path(folder) / spec.file))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._tokenizer.enable_truncation(
+            max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side
+        )
+        self._tokenizer.enable_padding(
+            direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token, pad_type_id=0
+        )
+        self._prompt_lengths: dict[str, int] = {}
+
+    def encode(self, texts: list[str] | list[tuple[str, str]]) -> Feeds:
+        """Tokenize a batch of texts (or text pairs) into int64 arrays of shape (batch, longest)."""
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+    def prompt_length(self, prompt: str) -> int:
+        """Number of leading tokens a prompt occupies, as sentence-transformers counts them.
+
+        The prompt is tokenized with special tokens; a trailing special token (SEP/EOS) is not counted.
+        """
+        if prompt not in self._prompt_lengths:
+            encoding = self._tokenizer.encode(prompt, add_special_tokens=True)
+            length = len(encoding.ids)
+            if length and encoding.special_tokens_mask[-1]:
+                length -= 1
+            self._prompt_lengths[prompt] = length
+        return self._prompt_lengths[prompt]

@@ -1,0 +1,204 @@
+"""st_runtime.SentenceTransformer: the encode API, similarity, thread safety and bad input."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from sentence_transformers.util import quantize_embeddings as st_quantize_embeddings
+from sentence_transformers.util import similarity as st_similarity
+
+import st_runtime
+from exporters import export
+from st_runtime import InvalidInputError, ManifestError, ModelFileError
+
+
+@pytest.fixture
+def exported(tiny_bi_encoder, tmp_path):
+    """(sentence-transformers model, exported folder) for a tiny BERT with mean pooling and Normalize."""
+    model = tiny_bi_encoder(normalize=True, prompts={"query": "query: ", "document": "passage: "})
+    export(model, tmp_path / "out")
+    return model, tmp_path / "out"
+
+
+def test_single_string_list_and_empty(exported):
+    model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    single = runtime.encode("hello world")
+    assert single.shape == (32,)
+    np.testing.assert_allclose(single, model.encode("hello world"), atol=1e-5)
+    empty = runtime.encode([])
+    assert empty.shape == (0, 32) and empty.dtype == np.float32
+    assert runtime.get_sentence_embedding_dimension() == 32
+
+
+def test_results_come_back_in_input_order(exported, sentences):
+    _, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    together = runtime.encode(sentences[:40], batch_size=7)
+    one_by_one = np.stack([runtime.encode(t) for t in sentences[:40]])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_token_embeddings_match_sentence_transformers(exported, sentences):
+    model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    texts = sentences[:12]
+    expected = model.encode(texts, output_value="token_embeddings")
+    actual = runtime.encode(texts, output_value="token_embeddings")
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=False):
+        assert a.shape == tuple(e.shape)
+        np.testing.assert_allclose(a, e.numpy(), atol=1e-5)
+    everything = runtime.encode(texts[:2], output_value=None)
+    assert set(everything[0]) == {"sentence_embedding", "token_embeddings", "input_ids", "attention_mask"}
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_precision_matches_sentence_transformers_quantize(exported, sentences, precision):
+    _model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    float_embeddings = runtime.encode(sentences[:50])
+    actual = runtime.encode(sentences[:50], precision=precision)
+    expected = st_quantize_embeddings(float_embeddings, precision=precision)
+    assert actual.dtype == expected.dtype
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_encode_query_and_document_use_prompts(exported, sentences):
+    model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    np.testing.assert_allclose(runtime.encode_query(sentences[:5]), model.encode_query(sentences[:5]), atol=1e-5)
+    np.testing.assert_allclose(runtime.encode_document(sentences[:5]), model.encode_document(sentences[:5]), atol=1e-5)
+    assert not np.allclose(runtime.encode_query(sentences[:5]), runtime.encode(sentences[:5]))
+    with pytest.raises(ValueError, match="not found"):
+        runtime.encode("x", prompt_name="nope")
+
+
+@pytest.mark.parametrize("fn", ["cosine", "dot", "euclidean", "manhattan"])
+def test_similarity_functions_match(tiny_bi_encoder, tmp_path, sentences, fn):
+    model = tiny_bi_encoder(similarity_fn_name=fn)
+    export(model, tmp_path / "out")
+    runtime = st_runtime.SentenceTransformer(tmp_path / "out")
+    assert runtime.similarity_fn_name == fn
+    a, b = runtime.encode(sentences[:6]), runtime.encode(sentences[6:10])
+    np.testing.assert_allclose(runtime.similarity(a, b), model.similarity(a, b).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(runtime.similarity_pairwise(a[:4], b), model.similarity_pairwise(a[:4], b).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(runtime.similarity(a, b), st_similarity.SimilarityFunction.to_similarity_fn(fn)(a, b),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_and_truncate_dim(exported, sentences):
+    model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    actual = runtime.encode(sentences[:8], truncate_dim=10, normalize_embeddings=True)
+    expected = model.encode(sentences[:8], truncate_dim=10, normalize_embeddings=True)
+    assert actual.shape == (8, 10)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    listed = runtime.encode(sentences[:3], convert_to_numpy=False)
+    assert isinstance(listed, list) and listed[0].shape == (32,)
+
+
+def test_thread_safe_encode(exported, sentences):
+    _, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder, intra_op_num_threads=1)
+    expected = runtime.encode(sentences, batch_size=16)
+    barrier = threading.Barrier(4)
+
+    def work(offset: int) -> np.ndarray:
+        barrier.wait()
+        texts = sentences[offset:] + sentences[:offset]
+        return np.roll(runtime.encode(texts, batch_size=5 + offset % 7), offset, axis=0)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, [0, 13, 57, 101] * 3))
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [None, 5, [1, 2], ["ok", None], ["ok", b"bytes"], {"a": 1}])
+def test_bad_inputs_raise_clear_errors(exported, bad):
+    _, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    with pytest.raises(InvalidInputError, match="string"):
+        runtime.encode(bad)
+
+
+def test_bad_arguments(exported):
+    _, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    with pytest.raises(ValueError, match="batch_size"):
+        runtime.encode(["a"], batch_size=0)
+    with pytest.raises(ValueError, match="precision"):
+        runtime.encode(["a"], precision="float16")
+    with pytest.raises(ValueError, match="output_value"):
+        runtime.encode(["a"], output_value="logits")
+    with pytest.raises(ValueError, match="torch"):
+        runtime.encode(["a"], convert_to_tensor=True)
+
+
+def test_folder_without_manifest(tmp_path, minilm_dir):
+    with pytest.raises(ManifestError, match=r"st_runtime\.json"):
+        st_runtime.SentenceTransformer(minilm_dir)
+    with pytest.raises(ManifestError, match="not a folder"):
+        st_runtime.SentenceTransformer(tmp_path / "missing")
+
+
+def test_corrupt_and_truncated_graph_are_refused(exported, tmp_path):
+    _, folder = exported
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(folder, corrupt)
+    data = bytearray((corrupt / "onnx/model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / "onnx/model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        st_runtime.SentenceTransformer(corrupt)
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(folder, truncated)
+    data = (truncated / "onnx/model.onnx").read_bytes()
+    (truncated / "onnx/model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="sha256"):
+        st_runtime.SentenceTransformer(truncated)
+    with pytest.raises(ModelFileError, match="could not load"):
+        st_runtime.SentenceTransformer(truncated, verify=False)
+
+    (truncated / "onnx/model.onnx").unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        st_runtime.SentenceTransformer(truncated)
+
+
+def test_manifest_of_unknown_version_or_task(exported, tmp_path):
+    _, folder = exported
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    manifest = st_runtime.load_manifest(other)
+    st_runtime.Manifest(**{**manifest.__dict__, "format_version": 99}).save(other)
+    with pytest.raises(ManifestError, match="format_version 99"):
+        st_runtime.SentenceTransformer(other)
+    st_runtime.Manifest(**{**manifest.__dict__, "task": "text-reranking"}).save(other)
+    with pytest.raises(ManifestError, match="text-reranking"):
+        st_runtime.SentenceTransformer(other)
+    (other / "st_runtime.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        st_runtime.SentenceTransformer(other)
+
+
+def test_unknown_provider_is_an_error_or_logged_fallback(exported, caplog):
+    _, folder = exported
+    with pytest.raises(st_runtime.ProviderError, match="not available"):
+        st_runtime.SentenceTransformer(folder, providers=["NoSuchExecutionProvider"])
+    runtime = st_runtime.SentenceTransformer(folder, providers="NoSuchExecutionProvider", fallback_to_cpu=True)
+    assert runtime.session.get_providers() == ["CPUExecutionProvider"]
+    assert "falling back" in caplog.text
+
+
+def test_variant_selection(exported):
+    _, folder = exported
+    assert st_runtime.SentenceTransformer(folder, file_name="onnx/model.onnx").variant.name == "fp32"
+    with pytest.raises(ManifestError, match="Available: fp32"):
+        st_runtime.SentenceTransformer(folder, variant="qint8")
