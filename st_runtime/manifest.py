@@ -56,6 +56,7 @@ class Manifest:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     modules: tuple[dict[str, Any], ...] = ()
+    task_config: dict[str, Any] = field(default_factory=dict)  # kind-specific facts (activation, vocabulary, ...)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     parity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""Files every kind writes besides the graph: the sentence-transformers files, tokenizer.json, versions."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from torch import nn
+
+from st_runtime.manifest import TokenizerSpec
+
+TOKENIZER_FILE = "tokenizer.json"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+VERSIONED_PACKAGES = ("st-runtime", "sentence-transformers", "transformers", "torch", "onnx", "onnxruntime", "tokenizers")
+
+
+def save_sentence_transformers_files(model: nn.Module, folder: Path) -> None:
+    """Keep modules.json, module configs and small module weights (so sentence-transformers' own
+    backend="onnx" loads the folder), but drop the transformer's torch weights: the graph holds them."""
+    model.save(str(folder), create_model_card=False)
+    for name in WEIGHT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for shard in folder.glob("model-*-of-*.safetensors"):
+        shard.unlink()
+
+
+def write_tokenizer(hf_tokenizer, max_seq_length: int, path: Path) -> TokenizerSpec:
+    """Write a transformers fast tokenizer as the source model configures it (lower-casing, truncation at
+    max_seq_length, pad to longest) and return the settings the runtime applies."""
+    spec = TokenizerSpec(
+        file=path.name,
+        max_seq_length=int(max_seq_length),
+        pad_token=str(hf_tokenizer.pad_token),
+        pad_token_id=int(hf_tokenizer.pad_token_id),
+        padding_side=hf_tokenizer.padding_side,
+        truncation_side=hf_tokenizer.truncation_side,
+    )
+    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())  # a copy: the source model is untouched
+    backend.no_padding()
+    backend.enable_truncation(max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side)
+    backend.enable_padding(direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token)
+    backend.save(str(path))
+    return spec
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shaped the export, for the manifest."""
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
