@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
-import exporters.bi_encoder  # noqa: F401  (registers the kind)
+# Each kind module registers itself in exporters.kinds.KINDS when imported.
+import exporters.bi_encoder
+import exporters.cross_encoder
+import exporters.sparse_encoder  # noqa: F401
 from exporters.artifacts import package_versions, save_sentence_transformers_files
 from exporters.folder import check_output_dir, staged_output_dir
 from exporters.kinds import ExportOptions
@@ -25,6 +29,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_ATOL,
     external_data: bool | None = None,
+    post_process: Callable[[Path], Manifest] | None = None,
 ) -> Manifest:
     """Export a sentence-transformers model, its whole module chain in one ONNX graph, into `output_dir`.
 
@@ -38,6 +43,8 @@ def export(
         opset: ONNX opset.
         atol: largest absolute difference to sentence-transformers allowed on the probe texts.
         external_data: weights in onnx/model.onnx_data (True), inline (False), or only when over 2 GiB (None).
+        post_process: called with the verified staging folder before it is published (st-export adds quantized
+            variants here); it returns the updated manifest, and an error from it leaves nothing behind.
 
     Returns:
         The manifest written to `output_dir/st_runtime.json`.
@@ -62,4 +69,6 @@ def export(
         parity = kind.check_parity(source.model, staging, atol=atol)
         manifest = Manifest(**{**manifest.__dict__, "parity": parity})
         manifest.save(staging)
+        if post_process is not None:
+            manifest = post_process(staging)
     return manifest

@@ -53,3 +53,29 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def write_static_tokenizer(tokenizer: Tokenizer, path: Path) -> TokenizerSpec:
+    """Write the `tokenizers` Tokenizer of a StaticEmbedding as sentence-transformers applies it: no special tokens
+    (its post-processor is dropped, so the runtime's encode adds none), no padding, and truncated only where the
+    tokenizer itself truncates (usually never: max_seq_length None). The runtime pads with a valid id, masked out
+    in the graph."""
+    # StaticEmbedding encodes with add_special_tokens=False, so its post-processor never runs: serializing without
+    # it (restored at once) changes nothing it computes, and is 20x faster than a JSON round trip of a large vocab.
+    post_processor = tokenizer.post_processor
+    try:
+        tokenizer.post_processor = None
+        text = tokenizer.to_str()  # StaticEmbedding keeps the file's truncation and drops only its padding
+    finally:
+        tokenizer.post_processor = post_processor
+    path.write_text(text, encoding="utf-8")
+    truncation = tokenizer.truncation
+    pad_token = next((t for t in ("<pad>", "[PAD]", "<PAD>", "<unk>", "[UNK]") if tokenizer.token_to_id(t) is not None),
+                     None)
+    return TokenizerSpec(
+        file=path.name,
+        max_seq_length=int(truncation["max_length"]) if truncation else None,
+        pad_token=pad_token or "<pad>",
+        pad_token_id=tokenizer.token_to_id(pad_token) if pad_token else 0,
+        truncation_side=truncation["direction"] if truncation else "right",
+    )

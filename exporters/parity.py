@@ -43,7 +43,8 @@ def max_abs_and_min_cosine(expected: np.ndarray, actual: np.ndarray) -> tuple[fl
 def check_bi_encoder_parity(
     reference: TorchSentenceTransformer, folder: Path, *, atol: float, texts: tuple[str, ...] = PROBE_TEXTS
 ) -> dict[str, Any]:
-    """Encode `texts` (and, for each stored prompt, `texts` with that prompt) with both; raise above `atol`.
+    """Encode `texts` (and, for each stored prompt, `texts` with that prompt) with both; for a Router model, also
+    with every task that has a route (each route's graph); raise above `atol`.
 
     Returns:
         {"max_abs_diff", "min_cosine", "texts", "atol"} for the manifest.
@@ -53,11 +54,16 @@ def check_bi_encoder_parity(
     """
     runtime = st_runtime.SentenceTransformer(folder)
     worst, min_cos, count = 0.0, 1.0, 0
+    routing = runtime.manifest.routing
+    tasks = [None] if routing is None or routing.default_route else []
+    tasks += sorted(routing.tasks) if routing else []
+    tasks = tasks or ["document"]  # a Router whose every task falls to other_tasks_route: any task name will do
     prompt_names = [None, *sorted(name for name, text in reference.prompts.items() if text)]
-    for prompt_name in prompt_names:
-        expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4,
-                                    show_progress_bar=False)
-        actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False)
+    for task, prompt_name in [(task, None) for task in tasks] + [(tasks[0], name) for name in prompt_names[1:]]:
+        task_kwargs = {"task": task} if task is not None else {}
+        expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
+                                    **task_kwargs)
+        actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False, task=task)
         diff, cosine = max_abs_and_min_cosine(expected, actual)
         worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
     report = {"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}

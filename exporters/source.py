@@ -9,10 +9,24 @@ from typing import Any
 
 from torch import nn
 
+from exporters import router
 from exporters.errors import ModelLoadError, UnsupportedModelError
 from exporters.kinds import KINDS, KindExporter, SourceModel
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The transformers task a kind's Transformer module must have (sentence-transformers' `transformer_task`);
+# kinds not listed take "feature-extraction".
+TRANSFORMER_TASKS = {"CrossEncoder": "sequence-classification", "SparseEncoder": "fill-mask"}
+# Why sentence-transformers modules that no kind exports are refused (docs/modules.md lists them).
+UNSUPPORTED_REASONS = {
+    "LSTM": "it reads features['sentence_lengths'], which only WordEmbeddings produces (a Transformer does not, so "
+            "sentence-transformers itself cannot run Transformer -> LSTM), and WordEmbeddings is not exportable",
+    "WordEmbeddings": "it tokenizes with sentence-transformers' Python word tokenizer (stop words, punctuation "
+                      "stripping), which no tokenizer.json reproduces",
+    "WordWeights": "it weights WordEmbeddings' word ids, and WordEmbeddings is not exportable",
+    "BoW": "it is a Python bag-of-words tokenizer with no tokenizer.json equivalent",
+    "CLIPModel": "it is an image/text model; only text models are exported",
+}
 
 
 def load_source(model: str | Path | nn.Module) -> tuple[SourceModel, KindExporter]:
@@ -90,25 +104,44 @@ def describe_modules(model: nn.Sequential, kind: KindExporter) -> list[dict[str,
     Raises:
         UnsupportedModelError: naming the module, its class and what is supported.
     """
-    supported = kind.supported_modules
     described = []
     for index, module in enumerate(model):
-        cls = type(module)
-        if cls.__name__ not in supported or not cls.__module__.startswith("sentence_transformers."):
-            raise UnsupportedModelError(
-                f"Module {index} of the model is {cls.__name__} ({cls.__module__}.{cls.__qualname__}), which has no "
-                f"in-graph export for a {kind.model_type}. Supported modules: {', '.join(sorted(supported))}."
-            )
-        if cls.__name__ == "Transformer":
-            check_text_transformer(index, module)
-        config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
-        described.append({"index": index, "type": cls.__name__, "config": _json_safe(config)})
+        check_module(str(index), module, kind)
+        if type(module).__name__ == router.ROUTER:  # its routes' modules are checked and listed inside its entry
+            described.append(router.describe_router(index, module, model, lambda where, m: {
+                "type": type(m).__name__, "config": _module_config(check_module(where, m, kind))}))
+            continue
+        described.append({"index": index, "type": type(module).__name__, "config": _module_config(module)})
     if not described:
         raise UnsupportedModelError("The model has no modules.")
     return described
 
 
-def check_text_transformer(index: int, module: nn.Module, task: str = "feature-extraction") -> None:
+def _module_config(module: nn.Module) -> dict[str, Any]:
+    return _json_safe(module.get_config_dict() if hasattr(module, "get_config_dict") else {})
+
+
+def check_module(where: str, module: nn.Module, kind: KindExporter) -> nn.Module:
+    """Refuse a module that cannot run in the graph (`where` names it in the message, e.g. "2"); return it.
+
+    Raises:
+        UnsupportedModelError: naming the module, its class, why (for modules known not to export) and what is supported.
+    """
+    cls = type(module)
+    supported = kind.supported_modules
+    if cls.__name__ not in supported or not cls.__module__.startswith("sentence_transformers."):
+        reason = UNSUPPORTED_REASONS.get(cls.__name__, "") if cls.__module__.startswith("sentence_transformers.") else ""
+        raise UnsupportedModelError(
+            f"Module {where} of the model is {cls.__name__} ({cls.__module__}.{cls.__qualname__}), which has no "
+            f"in-graph export for a {kind.model_type}{f': {reason}' if reason else ''}. "
+            f"Supported modules: {', '.join(sorted(supported))}."
+        )
+    if cls.__name__ in ("Transformer", "MLMTransformer"):  # MLMTransformer: legacy SPLADE class, a Transformer
+        check_text_transformer(where, module, TRANSFORMER_TASKS.get(kind.model_type, "feature-extraction"))
+    return module
+
+
+def check_text_transformer(index: int | str, module: nn.Module, task: str = "feature-extraction") -> None:
     """Refuse a Transformer module that is not a text model of `task` with a fast tokenizer."""
     modalities = list(getattr(module, "modality_config", {"text": None}))
     module_task = getattr(module, "transformer_task", "feature-extraction")

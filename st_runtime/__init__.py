@@ -3,22 +3,27 @@
 No torch, transformers or sentence-transformers are imported, directly or indirectly.
 """
 
+from st_runtime.cross_encoder import CrossEncoder
 from st_runtime.errors import InvalidInputError, ManifestError, ModelFileError, ProviderError, StRuntimeError
 from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, TokenizerSpec, Variant, load_manifest
 from st_runtime.providers import resolve_providers
 from st_runtime.sentence_transformer import SentenceTransformer
+from st_runtime.sparse_encoder import SparseEmbeddings, SparseEncoder
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "CrossEncoder",
     "InvalidInputError",
     "Manifest",
     "ManifestError",
     "ModelFileError",
     "ProviderError",
     "SentenceTransformer",
+    "SparseEmbeddings",
+    "SparseEncoder",
     "StRuntimeError",
     "TokenizerSpec",
     "Variant",

@@ -3,35 +3,42 @@ length-sorted batching of inputs."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
 
-from st_runtime.errors import InvalidInputError, ManifestError, ModelFileError
-from st_runtime.manifest import Manifest, load_manifest, verify_files
-from st_runtime.providers import ProviderSpec, create_session
-from st_runtime.tokenizer import Feeds, TextTokenizer
+from st_runtime.errors import InvalidInputError, ManifestError
+from st_runtime.manifest import Manifest, load_manifest
+from st_runtime.providers import ProviderSpec
+from st_runtime.routes import Routes, open_graph
+from st_runtime.tokenizer import Feeds
 
 logger = logging.getLogger("st_runtime")
 
-_TASK_CLASSES = {"sentence-embedding": "SentenceTransformer"}
+_TASK_CLASSES = {"sentence-embedding": "SentenceTransformer", "text-ranking": "CrossEncoder",
+                 "sparse-embedding": "SparseEncoder"}
 
 
 class ExportedModel:
-    """Base of the runtime model classes: one exported folder, one onnxruntime session.
+    """Base of the runtime model classes: one exported folder, run by onnxruntime or OpenVINO.
 
     Args:
         model_name_or_path: folder written by `st-export`.
         providers: onnxruntime providers (default CPU only); names, aliases ("cuda") or (name, options).
-        variant: variant name from the manifest ("fp32", "qint8_avx512_vnni", ...); default the fp32 graph.
+        variant: variant name from the manifest ("fp32", "qint8_avx512_vnni", "openvino_bf16", ...); default
+            the fp32 graph (with backend="openvino": the fp32 OpenVINO IR).
         file_name: or the variant's file, e.g. "onnx/model_qint8_avx512_vnni.onnx".
-        intra_op_num_threads: threads onnxruntime uses inside one run (default: all cores).
+        backend: "onnx" or "openvino"; picks the default variant of that engine (a named variant carries its own).
+        device: OpenVINO device for IR variants: "CPU", "GPU", "NPU" or "AUTO".
+        intra_op_num_threads: threads one run uses (onnxruntime intra-op / OpenVINO inference threads).
         fallback_to_cpu: log and use CPU when a requested provider is missing, instead of raising.
         verify: check the sha256 of the graph and tokenizer files against the manifest before loading.
+        manifest: use this manifest instead of the folder's st_runtime.json (for tools that try a variant
+            before recording it).
     """
 
     task: ClassVar[str]
@@ -43,52 +50,63 @@ class ExportedModel:
         providers: Sequence[ProviderSpec] | str | None = None,
         variant: str | None = None,
         file_name: str | None = None,
+        backend: str | None = None,
+        device: str = "CPU",
         intra_op_num_threads: int | None = None,
         fallback_to_cpu: bool = False,
         verify: bool = True,
+        manifest: Manifest | None = None,
     ) -> None:
         self.folder = Path(model_name_or_path)
-        self.manifest: Manifest = load_manifest(self.folder)
+        self.manifest: Manifest = manifest if manifest is not None else load_manifest(self.folder)
         if self.manifest.task != self.task:
             owner = _TASK_CLASSES.get(self.manifest.task, "the class for that task")
             raise ManifestError(
                 f"{str(self.folder)!r} holds a {self.manifest.task!r} model, not {self.task!r}; "
                 f"load it with st_runtime.{owner}."
             )
-        self.variant = self.manifest.variant(name=variant, file_name=file_name)
-        files = [self.variant.file, self.manifest.tokenizer.file]
-        files += [f for f in self.manifest.files if f.startswith(self.variant.file + "_data")]
-        if verify:
-            verify_files(self.folder, self.manifest, files)
-        self.tokenizer = TextTokenizer(self.folder, self.manifest.tokenizer)
-        try:
-            self.session = create_session(
-                str(self.folder / self.variant.file),
-                providers,
-                intra_op_num_threads=intra_op_num_threads,
-                fallback_to_cpu=fallback_to_cpu,
-            )
-        except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:
-            raise ModelFileError(
-                f"onnxruntime could not load {self.variant.file} from {str(self.folder)!r}: {exc}. "
-                "The file is corrupt or was written by another tool; re-export the model."
-            ) from exc
-        # Inputs with a default (e.g. prompt_length) are overridable initializers, not plain inputs.
-        self._input_names = tuple(
-            i.name for i in (*self.session.get_inputs(), *self.session.get_overridable_initializers())
-        )
+        if variant is None and file_name is None and backend is not None:
+            variant = _default_variant(self.manifest, backend)
+        open_route = functools.partial(open_graph, self.folder, self.manifest, providers=providers, verify=verify,
+                                       intra_op_num_threads=intra_op_num_threads, fallback_to_cpu=fallback_to_cpu,
+                                       device=device)
+        primary = open_route(None, variant=variant, file_name=file_name)  # the top-level (or primary route's) graph
+        self.variant, self.tokenizer, self.backend = primary.variant, primary.tokenizer, primary.backend
+        self._input_names = primary.input_names
+        # Router/Asym models: the other routes open on first use, with the same variant and session settings.
+        self.routes = Routes(self.manifest, primary, functools.partial(open_route, variant=primary.variant.name))
 
     @property
-    def max_seq_length(self) -> int:
-        """Texts are truncated to this many tokens, special tokens included."""
+    def max_seq_length(self) -> int | None:
+        """Texts are truncated to this many tokens, special tokens included (None: never truncated)."""
         return self.manifest.max_seq_length
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime InferenceSession (None when an OpenVINO variant runs)."""
+        return getattr(self.backend, "session", None)
 
     def _run(self, feeds: Feeds, outputs: list[str]) -> list[np.ndarray]:
         """Run the graph on tokenized inputs, feeding only the inputs the graph declares."""
-        return self.session.run(outputs, {name: feeds[name] for name in self._input_names if name in feeds})
+        return self.backend.run(outputs, {name: feeds[name] for name in self._input_names if name in feeds})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, variant={self.variant.name!r})"
+
+
+def _default_variant(manifest: Manifest, backend: str) -> str:
+    """The first variant (fp32 first) that runs on `backend` ("onnx" or "openvino").
+
+    Raises:
+        ValueError: unknown backend; ManifestError: the folder has no variant for it.
+    """
+    engines = {"onnx": "onnxruntime", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+    if backend not in engines:
+        raise ValueError(f"backend must be 'onnx' or 'openvino', got {backend!r}.")
+    for v in manifest.variants:
+        if v.backend == engines[backend]:
+            return v.name
+    raise ManifestError(f"This folder has no {backend} variant; export one with st-export --backend {backend}.")
 
 
 def check_texts(inputs: Any, argument: str = "inputs") -> tuple[list[str], bool]:
@@ -126,7 +144,9 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    # numpy's default sort, as sentence-transformers' encode sorts: the batches are the very same ones, which
+    # matters for modules whose output depends on a text's batch mates (CNN reads the padding positions).
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 

@@ -28,6 +28,8 @@ class Variant:
     precision: str = "fp32"
     isa: str | None = None
     accuracy: dict[str, float] | None = None
+    backend: str = "onnxruntime"  # or "openvino" for an IR (.xml)
+    inference_precision: str | None = None  # a run-time precision hint, e.g. "bf16" for OpenVINO on AMX/AVX512-BF16
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,95 @@ class TokenizerSpec:
     """How texts are turned into graph inputs, exactly as the source model did it."""
 
     file: str = "tokenizer.json"
-    max_seq_length: int = 512
+    max_seq_length: int | None = 512  # None: texts are never truncated (e.g. StaticEmbedding)
     pad_token: str = "[PAD]"
     pad_token_id: int = 0
     padding_side: str = "right"
     truncation_side: str = "right"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One graph of a routed model (a Router/Asym module): its own inputs, outputs, tokenizer and variants.
+
+    Variants of the routes share names: variant "fp32" of a routed model is the "fp32" graph of every route.
+    """
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tokenizer: TokenizerSpec
+    variants: tuple[Variant, ...]
+    embedding_dimension: int | None = None
+    modules: tuple[dict[str, Any], ...] = ()  # the route's flattened module chain, as in Manifest.modules
+    task_config: dict[str, Any] = field(default_factory=dict)
+
+    def variant(self, *, name: str | None = None, file_name: str | None = None) -> Variant:
+        """Return the variant with this name or file (the first, fp32, when neither is given).
+
+        Raises:
+            ManifestError: no variant matches; the message lists the ones available.
+        """
+        return _find_variant(self.variants, name=name, file_name=file_name)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Route:
+        """Build from the JSON form (raises KeyError/TypeError on malformed data, as Manifest.from_json expects)."""
+        data = dict(data)
+        data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
+        data["variants"] = tuple(Variant(**v) for v in data["variants"])
+        for key in ("inputs", "outputs", "modules"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which graph serves which task, for models whose module chain differs per task (Router/Asym), resolved at
+    export time with sentence-transformers' own rules for text input.
+
+    The manifest's top-level inputs/outputs/tokenizer/variants mirror route `primary` (the default route, else the
+    first), so tools that know nothing of routes still find one consistent, runnable graph.
+    """
+
+    routes: dict[str, Route]
+    tasks: dict[str, str]  # task name -> route name, e.g. {"query": "query", "document": "document"}
+    default_route: str | None  # route of encode() without a task; None: a task is required
+    other_tasks_route: str | None  # route of any task not in `tasks`; None: such a task is refused
+    primary: str  # the route mirrored by the manifest's top-level fields
+
+    def resolve(self, task: str | None) -> str:
+        """The route name for `task` (None: no task given).
+
+        Raises:
+            ValueError: no route serves `task`; the message lists the tasks that have one.
+        """
+        route = (self.default_route if task is None else self.tasks.get(task, self.other_tasks_route))
+        if route is None:
+            known = ", ".join(repr(t) for t in sorted(self.tasks)) or "none"
+            if task is None:
+                raise ValueError(f"This model has no default route; pass task=... (one of {known}), or use "
+                                 "encode_query / encode_document.")
+            raise ValueError(f"No route for task {task!r}; tasks with a route: {known}.")
+        return route
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Routing:
+        """Build from the JSON form (raises KeyError/TypeError on malformed data)."""
+        routes = {name: Route.from_dict(route) for name, route in data["routes"].items()}
+        routing = cls(routes=routes, tasks=dict(data["tasks"]), default_route=data["default_route"],
+                      other_tasks_route=data["other_tasks_route"], primary=data["primary"])
+        named = {*routing.tasks.values(), routing.default_route, routing.other_tasks_route, routing.primary} - {None}
+        if not named <= set(routes):
+            raise KeyError(f"routes {sorted(named - set(routes))} are named but not described")
+        return routing
+
+
+def _find_variant(variants: tuple[Variant, ...], *, name: str | None, file_name: str | None) -> Variant:
+    for v in variants:
+        if (name is None and file_name is None) or v.name == name or file_name in (v.file, Path(v.file).name):
+            return v
+    available = ", ".join(f"{v.name} ({v.file})" for v in variants)
+    raise ManifestError(f"No variant {name or file_name!r} in this folder. Available: {available}.")
 
 
 @dataclass(frozen=True)
@@ -61,12 +147,28 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    routing: Routing | None = None  # set for Router/Asym models: one graph per route
     format_version: int = FORMAT_VERSION
 
     @property
-    def max_seq_length(self) -> int:
-        """Inputs are truncated to this many tokens (special tokens included)."""
+    def max_seq_length(self) -> int | None:
+        """Inputs are truncated to this many tokens (special tokens included); None: never truncated."""
         return self.tokenizer.max_seq_length
+
+    def route(self, name: str | None = None) -> Route:
+        """The graph description of route `name`; with name None, the top-level graph (the only one of a model
+        without routes, the primary route's of a routed model).
+
+        Raises:
+            ManifestError: the model has no route `name`.
+        """
+        if name is None:
+            return Route(inputs=self.inputs, outputs=self.outputs, tokenizer=self.tokenizer, variants=self.variants,
+                         embedding_dimension=self.embedding_dimension, modules=self.modules, task_config=self.task_config)
+        if self.routing is None or name not in self.routing.routes:
+            available = sorted(self.routing.routes) if self.routing else "none (the model has no Router)"
+            raise ManifestError(f"No route {name!r} in this folder. Routes: {available}.")
+        return self.routing.routes[name]
 
     def variant(self, *, name: str | None = None, file_name: str | None = None) -> Variant:
         """Return the variant with this name or file (the first variant, fp32, when neither is given).
@@ -74,11 +176,7 @@ class Manifest:
         Raises:
             ManifestError: no variant matches; the message lists the ones available.
         """
-        for v in self.variants:
-            if (name is None and file_name is None) or v.name == name or file_name in (v.file, Path(v.file).name):
-                return v
-        available = ", ".join(f"{v.name} ({v.file})" for v in self.variants)
-        raise ManifestError(f"No variant {name or file_name!r} in this folder. Available: {available}.")
+        return _find_variant(self.variants, name=name, file_name=file_name)
 
     def to_json(self) -> str:
         """Serialize to the JSON text stored in `st_runtime.json` (keys sorted, stable across runs)."""
@@ -106,6 +204,8 @@ class Manifest:
             data["variants"] = tuple(Variant(**v) for v in data["variants"])
             for key in ("inputs", "outputs", "modules"):
                 data[key] = tuple(data.get(key, ()))
+            if data.get("routing") is not None:
+                data["routing"] = Routing.from_dict(data["routing"])
             known = {f.name for f in fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in known})
         except (KeyError, TypeError) as exc:

@@ -70,17 +70,18 @@ class SentenceTransformer(ExportedModel):
         return None
 
     def encode_query(self, inputs: str | list[str], **kwargs) -> np.ndarray | list[np.ndarray]:
-        """encode() with the model's "query" prompt, when it has one."""
+        """encode() with task "query" (a Router model's query route) and the model's "query" prompt, when it has one."""
         if "query" in self.manifest.prompts and "prompt" not in kwargs:
             kwargs.setdefault("prompt_name", "query")
-        return self.encode(inputs, **kwargs)
+        return self.encode(inputs, task="query", **kwargs)
 
     def encode_document(self, inputs: str | list[str], **kwargs) -> np.ndarray | list[np.ndarray]:
-        """encode() with the model's "document" (or "passage"/"corpus") prompt, when it has one."""
+        """encode() with task "document" (a Router model's document route) and the model's "document" (or
+        "passage"/"corpus") prompt, when it has one."""
         name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.manifest.prompts), None)
         if name is not None and "prompt" not in kwargs:
             kwargs.setdefault("prompt_name", name)
-        return self.encode(inputs, **kwargs)
+        return self.encode(inputs, task="document", **kwargs)
 
     def encode(
         self,
@@ -95,6 +96,7 @@ class SentenceTransformer(ExportedModel):
         convert_to_tensor: bool = False,
         normalize_embeddings: bool = False,
         truncate_dim: int | None = None,
+        task: str | None = None,
     ) -> np.ndarray | list[np.ndarray] | list[dict[str, np.ndarray]]:
         """Embed one text or a list of texts.
 
@@ -111,13 +113,16 @@ class SentenceTransformer(ExportedModel):
             convert_to_tensor: not available without torch; raises.
             normalize_embeddings: scale each sentence embedding to unit length.
             truncate_dim: keep only the first dimensions (Matryoshka models).
+            task: picks the route of a Router/Asym model ("query", "document", ...; see `routes`); only that
+                route's graph runs. Models without a Router ignore it, as sentence-transformers does.
 
         Returns:
             (n, dim) array, or (dim,) for a single string input; see output_value for the other forms.
 
         Raises:
             InvalidInputError: inputs is None or holds non-strings.
-            ValueError: unknown prompt_name, output_value, precision, or a non-positive batch_size.
+            ValueError: unknown prompt_name, output_value, precision or task, a non-positive batch_size, or an
+                output_value the model (route) does not produce.
         """
         if convert_to_tensor:
             raise ValueError("convert_to_tensor needs torch, which st_runtime does not use; the numpy result is "
@@ -128,22 +133,28 @@ class SentenceTransformer(ExportedModel):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
         texts, single = check_texts(inputs)
         prompt = self._resolve_prompt(prompt, prompt_name)
+        graph = self.routes.graph(task)
+        if output_value != "sentence_embedding" and "token_embeddings" not in graph.outputs:
+            raise ValueError(f"This model{f' (route {graph.route_name!r})' if graph.route_name else ''} has no token "
+                             "embeddings (e.g. StaticEmbedding pools inside the embedding bag); use "
+                             "output_value='sentence_embedding'.")
         extra_feeds = {}
         if prompt:
-            extra_feeds["prompt_length"] = np.array([self.tokenizer.prompt_length(prompt)], dtype=np.int64)
+            extra_feeds["prompt_length"] = np.array([graph.tokenizer.prompt_length(prompt)], dtype=np.int64)
             texts_in = [prompt + t for t in texts]
         else:
             texts_in = texts
         outputs = ["sentence_embedding"] if output_value == "sentence_embedding" else ["sentence_embedding",
                                                                                          "token_embeddings"]
-        sentence = np.zeros((len(texts), self.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+        dimension = graph.route.embedding_dimension or self.get_sentence_embedding_dimension() or 0
+        sentence = np.zeros((len(texts), dimension), dtype=np.float32)
         per_text: list[dict[str, np.ndarray]] = [{} for _ in texts] if output_value != "sentence_embedding" else []
         batches = list(length_sorted_batches([len(t) for t in texts], batch_size))
         with progress(len(batches), show_progress_bar) as bar:
             for index in batches:
-                feeds = self.tokenizer.encode([texts_in[i] for i in index])
+                feeds = graph.tokenizer.encode([texts_in[i] for i in index])
                 feeds.update(extra_feeds)
-                result = self._run(feeds, outputs)
+                result = graph.run(feeds, outputs)
                 sentence[index] = result[0]
                 if per_text:
                     for row, i in enumerate(index):

@@ -14,7 +14,7 @@ Feeds = dict[str, np.ndarray]
 
 
 class TextTokenizer:
-    """Pads to the longest text of a batch and truncates at `max_seq_length`, as sentence-transformers does.
+    """Pads to the longest text of a batch and truncates at `max_seq_length` (when set), as sentence-transformers does.
 
     Thread-safe: the configuration is fixed at construction and `encode` only reads it.
     """
@@ -24,9 +24,10 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(Path(folder) / spec.file))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        self._tokenizer.enable_truncation(
-            max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side
-        )
+        if spec.max_seq_length is not None:  # None: the source model never truncates (StaticEmbedding)
+            self._tokenizer.enable_truncation(
+                max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side
+            )
         self._tokenizer.enable_padding(
             direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token, pad_type_id=0
         )

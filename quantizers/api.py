@@ -1,0 +1,144 @@
+"""`quantize()`: add optimized / quantized variants to an exported folder, each with its accuracy measured
+against the fp32 graph; the fp32 graph is never changed, and a variant under `min_accuracy` writes nothing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from quantizers import accuracy, onnx_passes, openvino_passes
+from quantizers.calibration import calibration_feeds
+from quantizers.configs import (
+    DynamicInt8,
+    Fp16,
+    OpenVino,
+    OpenVinoInt8Weights,
+    OpenVinoStaticInt8,
+    Optimize,
+    QuantizationConfig,
+    StaticInt8,
+)
+from quantizers.errors import AccuracyError, QuantizationError
+from quantizers.isa import detect_isa
+from quantizers.texts import calibration_texts, heldout_texts
+from st_runtime.manifest import Manifest, Variant, load_manifest, sha256_file
+
+
+def quantize(
+    folder: str | Path,
+    configs: Sequence[QuantizationConfig],
+    *,
+    min_accuracy: float | None = None,
+    heldout: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write each configured variant into `folder` and record it (file, precision, ISA, sha256, accuracy)
+    in the manifest.
+
+    Args:
+        folder: a folder written by st-export.
+        configs: passes to run (Optimize, DynamicInt8, StaticInt8, Fp16, OpenVino, OpenVinoInt8Weights,
+            OpenVinoStaticInt8).
+        min_accuracy: the lowest accepted accuracy score (mean cosine for embeddings, Spearman for rerankers,
+            top-k overlap for sparse); below it, nothing at all is written and AccuracyError is raised.
+        heldout: texts for the accuracy report (default: the held-out set shipped in quantizers/data).
+        overwrite: replace variants of the same name that the folder already has.
+
+    Returns:
+        The updated manifest.
+
+    Raises:
+        AccuracyError, QuantizationError (a variant exists without overwrite; a model with routes).
+    """
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    if getattr(manifest, "routing", None) is not None:
+        raise QuantizationError("Quantizing models with a Router (one graph per route) is not supported yet; "
+                                "the fp32 folder is unchanged.")
+    existing = {v.name for v in manifest.variants}
+    clashes = sorted(existing & {c.name for c in configs})
+    if "fp32" in clashes or (clashes and not overwrite):
+        raise QuantizationError(f"The folder already has variant(s) {clashes}; pass overwrite=True (--overwrite) to "
+                                "replace them (the fp32 graph is never replaced).")
+    texts = tuple(heldout) if heldout is not None else heldout_texts()
+    fp32 = manifest.variant(name="fp32")
+    reference = accuracy.outputs_of(folder, manifest, fp32, list(texts))
+
+    staged: list[tuple[Variant, list[Path]]] = []
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=folder) as scratch:
+        scratch_dir = Path(scratch)
+        for config in configs:
+            target = scratch_dir / config.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shared = [p for p in (folder / config.file, target) if p.exists()]  # an IR another variant wrote
+            variant = _run_pass(config, folder, manifest, folder / fp32.file, target, reuse=bool(shared))
+            trial = replace(variant, file=(shared[0] if shared else target).relative_to(folder).as_posix())
+            report = accuracy.measure(folder, replace(manifest, variants=(*manifest.variants, trial)), trial, texts,
+                                      reference=reference)
+            if min_accuracy is not None and report["score"] < min_accuracy:
+                raise AccuracyError(f"Variant {variant.name} reaches accuracy {report['score']:.5f} "
+                                    f"({_describe(report)}), below --min-accuracy {min_accuracy}; nothing was written.")
+            written = [] if shared else sorted(p for p in target.parent.iterdir() if p.stem == target.stem)
+            staged.append((replace(variant, accuracy=report), written))
+
+        files = dict(manifest.files)
+        for _, written in staged:
+            for path in written:
+                rel = path.relative_to(scratch_dir)
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, folder / rel)
+                files[rel.as_posix()] = sha256_file(folder / rel)
+    new_names = {v.name for v, _ in staged}
+    variants = tuple(v for v in manifest.variants if v.name not in new_names) + tuple(v for v, _ in staged)
+    manifest = replace(manifest, variants=variants, files=files)
+    _save_atomically(manifest, folder)
+    return manifest
+
+
+def _run_pass(config: QuantizationConfig, folder: Path, manifest: Manifest, src: Path, dst: Path,
+              reuse: bool = False) -> Variant:
+    """Write the variant's file(s) at `dst` (unless `reuse`: an OpenVINO IR already written for another
+    precision) and describe it; its final file name is config.file."""
+    common = {"name": config.name, "file": config.file, "precision": config.precision}
+    if isinstance(config, Optimize):
+        onnx_passes.optimize(src, dst, config, onnx_passes.fusion_model_type(folder))
+        return Variant(**common)
+    if isinstance(config, Fp16):
+        onnx_passes.fp16(src, dst)
+        return Variant(**common)
+    if isinstance(config, DynamicInt8):
+        onnx_passes.dynamic_int8(src, dst, config)
+        return Variant(**common, isa=config.target_isa)
+    if isinstance(config, StaticInt8):
+        texts = config.calibration_texts or calibration_texts()
+        feeds = calibration_feeds(folder, manifest, texts, manifest.inputs, same_length=config.method != "minmax")
+        onnx_passes.static_int8(src, dst, config, feeds)
+        return Variant(**common, isa=config.isa or detect_isa())
+    if isinstance(config, OpenVino):
+        if not reuse:
+            openvino_passes.convert(src, dst, fp16=config.precision == "fp16")
+        return Variant(**common, backend="openvino", inference_precision="bf16" if config.precision == "bf16" else "fp32")
+    if isinstance(config, OpenVinoInt8Weights):
+        openvino_passes.int8_weights(src, dst)
+        return Variant(**common, backend="openvino", inference_precision="fp32")
+    if isinstance(config, OpenVinoStaticInt8):
+        texts = config.calibration_texts or calibration_texts()
+        openvino_passes.static_int8(src, dst, calibration_feeds(folder, manifest, texts, manifest.inputs))
+        return Variant(**common, backend="openvino", inference_precision="fp32", isa=detect_isa())
+    raise QuantizationError(f"Unknown quantization config {config!r}.")
+
+
+def _describe(report: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.5f}" for k, v in report.items() if k not in ("score", "texts"))
+
+
+def _save_atomically(manifest: Manifest, folder: Path) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".st_runtime.json.", delete=False, encoding="utf-8") as fh:
+        fh.write(manifest.to_json())
+    os.replace(fh.name, folder / "st_runtime.json")
+
+
+__all__ = ["quantize"]

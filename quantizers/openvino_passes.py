@@ -1,0 +1,45 @@
+"""OpenVINO IR from the fp32 ONNX graph, and NNCF int8 (weight compression and static quantization)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _openvino():
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ImportError("OpenVINO export needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
+    return ov
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ImportError("NNCF int8 needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
+    return nncf
+
+
+def convert(src: Path, dst: Path, *, fp16: bool = False) -> None:
+    """Convert an ONNX graph to IR (`dst` .xml and its .bin); fp16 stores the weights in half precision."""
+    ov = _openvino()
+    ov.save_model(ov.convert_model(str(src)), str(dst), compress_to_fp16=fp16)
+
+
+def int8_weights(src: Path, dst: Path) -> None:
+    """NNCF int8 weight compression (asymmetric, per channel); activations stay floating point."""
+    ov, nncf = _openvino(), _nncf()
+    model = nncf.compress_weights(ov.convert_model(str(src)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(model, str(dst), compress_to_fp16=False)
+
+
+def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    """NNCF post-training static int8 with the transformer preset, calibrated on `feeds`."""
+    ov, nncf = _openvino(), _nncf()
+    model = ov.convert_model(str(src))
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(feeds), preset=nncf.QuantizationPreset.MIXED)
+    ov.save_model(quantized, str(dst), compress_to_fp16=False)

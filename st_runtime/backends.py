@@ -1,0 +1,87 @@
+"""The engines that run a graph: onnxruntime for .onnx files, OpenVINO for IR (.xml). Both offer the same
+two things: `input_names` and `run(outputs, feeds) -> list[np.ndarray]`; both are thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from st_runtime.errors import ModelFileError, ProviderError
+from st_runtime.providers import ProviderSpec, create_session
+
+OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+OPENVINO_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+
+
+class Backend(Protocol):
+    input_names: tuple[str, ...]
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class OnnxBackend:
+    """An onnxruntime session; inputs with a default value (overridable initializers) count as inputs."""
+
+    def __init__(self, path: Path, providers: Sequence[ProviderSpec] | str | None = None, *,
+                 intra_op_num_threads: int | None = None, fallback_to_cpu: bool = False) -> None:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
+
+        try:
+            self.session = create_session(str(path), providers, intra_op_num_threads=intra_op_num_threads,
+                                          fallback_to_cpu=fallback_to_cpu)
+        except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:
+            raise ModelFileError(f"onnxruntime could not load {path}: {exc}. The file is corrupt or was written by "
+                                 "another tool; re-export the model.") from exc
+        self.input_names = tuple(i.name for i in (*self.session.get_inputs(), *self.session.get_overridable_initializers()))
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(outputs, feeds)
+
+
+class OpenVinoBackend:
+    """An OpenVINO compiled model with one infer request per thread.
+
+    Args:
+        device: "CPU", "GPU", "NPU" or "AUTO".
+        inference_precision: "fp32" (default: set explicitly, since OpenVINO picks bf16 by itself on CPUs with
+            AVX-512 BF16/AMX), "bf16" or "fp16".
+    """
+
+    def __init__(self, path: Path, *, device: str = "CPU", inference_precision: str | None = None,
+                 num_threads: int | None = None) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ImportError("Running OpenVINO IR needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
+        if device.upper().split(":")[0].split(".")[0] not in OPENVINO_DEVICES:
+            raise ProviderError(f"OpenVINO device must be one of {OPENVINO_DEVICES}, got {device!r}.")
+        precision = OPENVINO_PRECISIONS.get(inference_precision or "fp32")
+        if precision is None:
+            raise ValueError(f"inference_precision must be one of {sorted(OPENVINO_PRECISIONS)}, got {inference_precision!r}.")
+        core = ov.Core()
+        if device.upper() != "AUTO" and device.upper().split(".")[0] not in [d.split(".")[0] for d in core.available_devices]:
+            raise ProviderError(f"OpenVINO device {device!r} is not available here (available: {core.available_devices}).")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device.upper() != "AUTO":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if num_threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        try:
+            self.compiled = core.compile_model(core.read_model(str(path)), device, config)
+        except RuntimeError as exc:
+            raise ModelFileError(f"OpenVINO could not load {path}: {exc}. Re-export the model.") from exc
+        self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
+        self._outputs = {name: port for port in self.compiled.outputs for name in port.get_names()}
+        self._local = threading.local()
+
+    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer(feeds)
+        # The request reuses its output buffers on the next call: copy out.
+        return [np.array(result[self._outputs[name]], copy=True) for name in outputs]

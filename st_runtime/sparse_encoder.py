@@ -1,0 +1,223 @@
+"""`SparseEncoder`: SPLADE sparse embeddings from an exported sparse encoder, with sentence-transformers' API.
+
+The graph returns one vocabulary-size weight vector per text for each batch; `encode` keeps only the non-zero
+weights, so a whole corpus is never held as a dense (n, vocab) array unless asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from st_runtime.base import ExportedModel, check_texts, length_sorted_batches, logger, progress
+from st_runtime.sparse import SparseEmbeddings, as_format, keep_top_k, scipy_sparse, sparse_similarity, to_csr
+
+SparseFormat = Literal["auto", "scipy", "numpy"]
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
+
+class SparseEncoder(ExportedModel):
+    """A SPLADE sparse encoder exported by `st-export`; the MLM transformer and SpladePooling run inside one ONNX
+    graph, so `encode` only tokenizes, runs and keeps the non-zero weights.
+
+    Thread-safe: `encode` may be called from several threads on one instance.
+    See `ExportedModel` for the constructor arguments; max_active_dims overrides the exported model's.
+    """
+
+    task = "sparse-embedding"
+
+    def __init__(self, model_name_or_path: str | Path, *, max_active_dims: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        if max_active_dims is None:
+            max_active_dims = self.manifest.task_config.get("max_active_dims")
+        self.max_active_dims = _check_max_active_dims(max_active_dims)
+        self._vocabulary: list[str | None] | None = None
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """Prompts stored with the model, by name (e.g. {"query": "query: "})."""
+        return dict(self.manifest.prompts)
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """Name of the prompt applied when encode() is given neither prompt nor prompt_name."""
+        return self.manifest.default_prompt_name
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """"dot" (the default for sparse encoders), "cosine", "euclidean" or "manhattan", as the source model declared."""
+        return self.manifest.similarity_fn_name or "dot"
+
+    def get_embedding_dimension(self) -> int:
+        """Size of the vectors `encode` returns: the vocabulary size."""
+        return int(self.manifest.task_config.get("vocab_size") or self.manifest.embedding_dimension)
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    def similarity(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:
+        """(n1, n2) matrix of the model's similarity between the rows of two sparse (or dense) embeddings."""
+        return sparse_similarity(self.similarity_fn_name, embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:
+        """(n,) the model's similarity between embeddings1[i] and embeddings2[i]."""
+        return sparse_similarity(self.similarity_fn_name, embeddings1, embeddings2, pairwise=True)
+
+    def encode_query(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+                     **kwargs: Any) -> Any:
+        """encode() with task "query" (a Router model's query route) and the model's "query" prompt, when it has one
+        and no prompt/prompt_name is given."""
+        if prompt_name is None and prompt is None and "query" in self.manifest.prompts:
+            prompt_name = "query"
+        return self.encode(inputs, prompt_name, prompt, task="query", **kwargs)
+
+    def encode_document(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
+                        **kwargs: Any) -> Any:
+        """encode() with task "document" (a Router model's document route) and the model's "document" (else
+        "passage", "corpus") prompt, when it has one and no prompt/prompt_name is given."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.manifest.prompts), None)
+        return self.encode(inputs, prompt_name, prompt, task="document", **kwargs)
+
+    def encode(
+        self,
+        inputs: str | list[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_tensor: bool = True,
+        convert_to_sparse_tensor: bool = True,
+        max_active_dims: int | None = None,
+        sparse_format: SparseFormat = "auto",
+        task: str | None = None,
+    ) -> Any:
+        """Sparse embeddings of one text or a list of texts.
+
+        Args:
+            inputs: a string or a list of strings.
+            prompt_name: key of `prompts` whose text is prepended to every input.
+            prompt: text prepended to every input (wins over prompt_name).
+            batch_size: texts per graph run; texts are sorted by length first, results come back in input order.
+            show_progress_bar: show a progress bar over batches.
+            convert_to_tensor: one (n, vocab) matrix; False gives a list of 1-D rows.
+            convert_to_sparse_tensor: sparse output (default); False gives a dense float32 numpy array (n, vocab).
+            max_active_dims: keep only this many largest weights per text (default: the model's, usually all).
+            sparse_format: "scipy" (scipy.sparse csr_array), "numpy" (st_runtime.SparseEmbeddings) or "auto" (scipy
+                when scipy >= 1.14 is importable, else numpy).
+            task: picks the route of a Router model ("query", "document"; see `routes`); models without a Router
+                ignore it, as sentence-transformers does.
+
+        Returns:
+            (n, vocab) sparse matrix, or 1-D (vocab,) for a single string input; see the arguments for other forms.
+
+        Raises:
+            InvalidInputError: inputs is None or holds non-strings.
+            ValueError: unknown prompt_name, sparse_format or task, non-positive batch_size or max_active_dims.
+            ImportError: sparse_format="scipy" without scipy >= 1.14.
+        """
+        if sparse_format not in ("auto", "scipy", "numpy"):
+            raise ValueError(f"sparse_format must be 'auto', 'scipy' or 'numpy', got {sparse_format!r}.")
+        sparse = scipy_sparse(required=sparse_format == "scipy") if sparse_format != "numpy" else None
+        texts, single = check_texts(inputs)
+        top_k = _check_max_active_dims(max_active_dims) if max_active_dims is not None else self.max_active_dims
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        texts_in = [prompt + t for t in texts] if prompt else texts
+        graph = self.routes.graph(task)
+        dim = self.get_embedding_dimension()
+        row_indices: list[np.ndarray] = [np.zeros(0, np.int64)] * len(texts)
+        row_values: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
+        batches = list(length_sorted_batches([len(t) for t in texts_in], batch_size))
+        with progress(len(batches), show_progress_bar) as bar:
+            for index in batches:
+                scores = graph.run(graph.tokenizer.encode([texts_in[i] for i in index]), ["sentence_embedding"])[0]
+                scores = keep_top_k(scores, top_k)
+                for row, i in enumerate(index):
+                    (nonzero,) = np.nonzero(scores[row])
+                    row_indices[i], row_values[i] = nonzero.astype(np.int64), scores[row, nonzero]
+                bar.update(1)
+
+        indptr = np.concatenate([[0], np.cumsum([len(v) for v in row_values])]).astype(np.int64)
+        csr = SparseEmbeddings(indptr, np.concatenate([np.zeros(0, np.int64), *row_indices]),
+                               np.concatenate([np.zeros(0, np.float32), *row_values]), (len(texts), dim))
+        if not convert_to_sparse_tensor:
+            dense = csr.toarray()
+            return dense[0] if single else (dense if convert_to_tensor else list(dense))
+        if single:
+            return as_format(csr[0], sparse)
+        if not convert_to_tensor:
+            return [as_format(csr[i], sparse) for i in range(len(csr))]
+        return as_format(csr, sparse)
+
+    def decode(self, embeddings: Any, top_k: int | None = None) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """(token, weight) pairs of sparse embeddings, largest weight first, as sentence-transformers' decode.
+
+        Args:
+            embeddings: what `encode` returns (1-D or 2-D; scipy, SparseEmbeddings or dense), or a list of rows.
+            top_k: at most this many tokens per embedding (default: every non-zero weight).
+
+        Returns:
+            A list of (token, weight) for a 1-D embedding; a list of such lists for a 2-D one.
+
+        Raises:
+            ValueError: top_k is not positive, or the embeddings are not 1-D/2-D or wider than the vocabulary.
+        """
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k must be a positive integer, got {top_k}.")
+        csr, was_1d = to_csr(embeddings)
+        vocabulary = self._token_strings()
+        if csr.shape[1] > len(vocabulary):
+            raise ValueError(f"The embeddings have {csr.shape[1]} dimensions; this model's vocabulary has {len(vocabulary)}.")
+        results = []
+        for i in range(len(csr)):
+            indices, values = csr.row(i)
+            order = np.argsort(-values, kind="stable")[:top_k]
+            results.append([(vocabulary[t], w) for t, w in zip(indices[order].tolist(), values[order].tolist(), strict=True)])
+        return results[0] if was_1d else results
+
+    @staticmethod
+    def sparsity(embeddings: Any) -> dict[str, float]:
+        """Mean number of non-zero dimensions per embedding ("active_dims") and mean "sparsity_ratio" (1 - active/dim).
+
+        Raises:
+            ValueError: the embeddings are not 1-D or 2-D.
+        """
+        csr, _ = to_csr(embeddings)
+        rows, cols = csr.shape
+        if rows == 0 or cols == 0:
+            return {"active_dims": 0.0, "sparsity_ratio": 1.0}
+        active = float(np.diff(csr.indptr).mean())
+        return {"active_dims": active, "sparsity_ratio": 1.0 - active / cols}
+
+    def _token_strings(self) -> list[str | None]:
+        """Token string of every vocabulary id (None where the tokenizer has none), built on first use."""
+        if self._vocabulary is None:
+            from tokenizers import Tokenizer
+
+            vocab = Tokenizer.from_file(str(self.folder / self.manifest.tokenizer.file)).get_vocab(with_added_tokens=True)
+            strings: list[str | None] = [None] * max(self.get_embedding_dimension(), max(vocab.values(), default=-1) + 1)
+            for token, token_id in vocab.items():
+                strings[token_id] = token
+            self._vocabulary = strings
+        return self._vocabulary
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None:
+            if prompt_name is not None:
+                logger.warning("Both prompt and prompt_name were given; prompt_name %r is ignored.", prompt_name)
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.manifest.prompts:
+                raise ValueError(f"Prompt name {prompt_name!r} not found in the model's prompts; available: "
+                                 f"{sorted(self.manifest.prompts)}.")
+            return self.manifest.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.manifest.prompts.get(self.default_prompt_name)
+        return None
+
+
+def _check_max_active_dims(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
+        raise ValueError(f"max_active_dims must be a positive integer or None, got {value!r}.")
+    return None if value is None else int(value)

@@ -1,0 +1,151 @@
+"""Variants: every pass writes a runnable file recorded with its accuracy; the fp32 graph never changes;
+--min-accuracy writes nothing when a variant falls short; outputs stay within their floors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import st_runtime
+from exporters import export
+from exporters.cli import main as cli_main
+from quantizers import (
+    AccuracyError,
+    DynamicInt8,
+    Fp16,
+    OpenVino,
+    OpenVinoInt8Weights,
+    OpenVinoStaticInt8,
+    Optimize,
+    QuantizationError,
+    StaticInt8,
+    quantize,
+)
+from quantizers.accuracy import cosines, spearman, top_k_overlap
+from quantizers.isa import detect_isa
+from st_runtime.manifest import hash_folder, sha256_file
+
+CALIBRATION = tuple(f"calibration sentence number {i} about topic {i % 7}" for i in range(24))
+
+
+@pytest.fixture
+def exported(tiny_bi_encoder, tmp_path):
+    model = tiny_bi_encoder(normalize=True)
+    export(model, tmp_path / "out")
+    return model, tmp_path / "out"
+
+
+# (config, largest |diff| to sentence-transformers allowed on the embeddings)
+FLOAT_VARIANTS = [
+    (Optimize("O1"), 1e-5),
+    (Optimize("O2"), 1e-4),
+    (Optimize("O3"), 5e-3),  # gelu approximation
+    (Fp16(), 5e-3),
+    (OpenVino("fp32"), 1e-4),
+    (OpenVino("fp16"), 5e-3),
+]
+
+
+@pytest.mark.parametrize("config, atol", FLOAT_VARIANTS, ids=lambda c: getattr(c, "name", None))
+def test_float_variants_stay_close_to_sentence_transformers(exported, sentences, config, atol):
+    model, folder = exported
+    fp32_digest = sha256_file(folder / "onnx/model.onnx")
+    manifest = quantize(folder, [config], heldout=sentences[:40])
+    variant = manifest.variant(name=config.name)
+    assert variant.file == config.file and (folder / variant.file).is_file()
+    assert manifest.files[variant.file] == sha256_file(folder / variant.file)
+    assert variant.accuracy["mean_cosine"] > 0.999
+    assert sha256_file(folder / "onnx/model.onnx") == fp32_digest
+    expected = model.encode(sentences[:60])
+    actual = st_runtime.SentenceTransformer(folder, variant=config.name).encode(sentences[:60])
+    assert np.abs(actual - expected).max() <= atol
+
+
+@pytest.mark.parametrize("config", [DynamicInt8(isa) for isa in ("arm64", "avx2", "avx512", "avx512_vnni")]
+                         + [StaticInt8(CALIBRATION, method) for method in ("minmax", "entropy", "percentile")]
+                         + [OpenVinoInt8Weights(), OpenVinoStaticInt8(CALIBRATION)], ids=lambda c: c.name)
+def test_int8_variants_are_recorded_and_accurate(exported, sentences, config):
+    model, folder = exported
+    manifest = quantize(folder, [config], heldout=sentences[:40])
+    variant = manifest.variant(name=config.name)
+    assert variant.precision == "int8" or variant.precision == "int8-weights"
+    report = variant.accuracy
+    assert report["texts"] == 40 and report["min_cosine"] <= report["mean_cosine"] <= 1.0
+    runtime = st_runtime.SentenceTransformer(folder, variant=config.name)
+    embeddings = runtime.encode(sentences[:40])
+    # the recorded accuracy is what the variant really does against the fp32 graph
+    fp32 = st_runtime.SentenceTransformer(folder).encode(sentences[:40])
+    assert cosines(fp32, embeddings).mean() == pytest.approx(report["mean_cosine"], abs=1e-5)
+    # and against sentence-transformers itself the variant stays in the int8 floor
+    assert cosines(model.encode(sentences[:40]), embeddings).mean() >= 0.98
+    assert (folder / variant.file).stat().st_size < (folder / "onnx/model.onnx").stat().st_size
+
+
+def test_dynamic_int8_defaults_to_this_cpu(exported, sentences):
+    _, folder = exported
+    manifest = quantize(folder, [DynamicInt8()], heldout=sentences[:10])
+    (variant,) = [v for v in manifest.variants if v.precision == "int8"]
+    assert variant.isa == detect_isa()
+    assert variant.file == f"onnx/model_{'quint8' if variant.isa == 'avx2' else 'qint8'}_{variant.isa}.onnx"
+
+
+def test_openvino_bf16_shares_the_fp32_ir(exported, sentences):
+    model, folder = exported
+    manifest = quantize(folder, [OpenVino("fp32"), OpenVino("bf16")], heldout=sentences[:20])
+    fp32_ir, bf16 = manifest.variant(name="openvino"), manifest.variant(name="openvino_bf16")
+    assert fp32_ir.file == bf16.file == "openvino/openvino_model.xml"
+    assert bf16.inference_precision == "bf16" and fp32_ir.inference_precision == "fp32"
+    assert "openvino/openvino_model.bin" in manifest.files
+    actual = st_runtime.SentenceTransformer(folder, variant="openvino").encode(sentences[:30])
+    np.testing.assert_allclose(actual, model.encode(sentences[:30]), atol=1e-4)
+
+
+def test_min_accuracy_above_reach_writes_nothing(exported, sentences):
+    _, folder = exported
+    before = hash_folder(folder)
+    manifest_text = (folder / "st_runtime.json").read_text()
+    with pytest.raises(AccuracyError, match="below --min-accuracy"):
+        quantize(folder, [Optimize("O2"), DynamicInt8("avx512_vnni")], min_accuracy=0.99999999, heldout=sentences[:20])
+    assert hash_folder(folder) == before
+    assert (folder / "st_runtime.json").read_text() == manifest_text
+
+
+def test_existing_variant_needs_overwrite(exported, sentences):
+    _, folder = exported
+    quantize(folder, [Optimize("O1")], heldout=sentences[:5])
+    with pytest.raises(QuantizationError, match="overwrite"):
+        quantize(folder, [Optimize("O1")], heldout=sentences[:5])
+    manifest = quantize(folder, [Optimize("O1")], heldout=sentences[:5], overwrite=True)
+    assert [v.name for v in manifest.variants].count("O1") == 1
+
+
+def test_cli_quantize_and_min_accuracy(tiny_bi_encoder, tmp_path, sentences, capsys):
+    model = tiny_bi_encoder()
+    model.save(str(tmp_path / "src"))
+    args = [str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--optimize", "O2", "--quantize", "int8",
+            "int8-static", "--backend", "onnx", "openvino", "--bf16", "--isa", "avx2"]
+    assert cli_main(args) == 0
+    names = [v.name for v in st_runtime.load_manifest(tmp_path / "out").variants]
+    assert names == ["fp32", "O2", "quint8_avx2", "qint8_static_minmax", "openvino", "openvino_bf16",
+                     "openvino_qint8_weights", "openvino_qint8_quantized"]
+    assert "quint8_avx2" in capsys.readouterr().out
+    assert cli_main([str(tmp_path / "src"), "-o", str(tmp_path / "strict"), "--quantize", "int8",
+                     "--min-accuracy", "1.5"]) == 1
+    assert "below --min-accuracy" in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+
+
+def test_accuracy_measures():
+    a = np.random.default_rng(0).normal(size=(5, 8))
+    assert cosines(a, a).min() == pytest.approx(1.0)
+    assert cosines(a, -a).max() == pytest.approx(-1.0)
+    assert spearman(np.arange(10), np.arange(10) ** 3) == pytest.approx(1.0)
+    assert spearman(np.arange(10), -np.arange(10)) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+    dense = np.zeros((2, 50))
+    dense[0, [1, 2, 3]] = [3, 2, 1]
+    dense[1, [4, 5]] = [1, 2]
+    other = dense.copy()
+    other[0, 3], other[0, 9] = 0, 5
+    assert top_k_overlap(dense, dense).tolist() == [1.0, 1.0]
+    assert top_k_overlap(dense, other, k=3).tolist() == pytest.approx([2 / 3, 1.0])
