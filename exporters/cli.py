@@ -17,7 +17,8 @@ EXAMPLES = """examples:
   st-export ./all-MiniLM-L6-v2 -o out --quantize int8                      # + dynamic int8 for this CPU
   st-export ./all-MiniLM-L6-v2 -o out --optimize O3 --quantize int8 int8-static --calibration texts.txt
   st-export ./all-MiniLM-L6-v2 -o out --backend onnx openvino --quantize int8-static --bf16 --min-accuracy 0.99
-  st-export sentence-transformers/all-MiniLM-L6-v2 -o out   (Hub id: needs network access)
+  st-export all-MiniLM-L6-v2 -o out --quantize int8       (a models_zoo recipe: its local weights, offline)
+  st-export sentence-transformers/all-MiniLM-L6-v2 -o out   (Hub id: needs network access unless a recipe has it)
 """
 
 
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="local sentence-transformers model folder (or a Hub id when online)")
+    parser.add_argument("model", help="local sentence-transformers model folder, a models_zoo recipe name (st-zoo list), "
+                        "or a Hub id when online")
     parser.add_argument("-o", "--output", required=True, help="folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it was written by st-export")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in ("exporters", "quantizers"):
+    for name in ("exporters", "quantizers", "models_zoo"):
         logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
     debug = os.environ.get("ST_RUNTIME_DEBUG") == "1"
     try:
@@ -114,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             def post_process(folder: Path):
                 return quantize(folder, configs, min_accuracy=args.min_accuracy)
 
+        model = args.model
+        if not Path(model).exists():  # a models_zoo recipe name (st-zoo list) resolves offline to its local weights
+            from models_zoo import resolve_for_export
+
+            resolved = resolve_for_export(model)
+            model = model if resolved is None else resolved
         options = {k: v for k, v in {"opset": args.opset, "atol": args.atol}.items() if v is not None}
-        manifest = export(args.model, args.output, overwrite=args.overwrite,
+        manifest = export(model, args.output, overwrite=args.overwrite,
                           external_data=True if args.external_data else None, post_process=post_process, **options)
     except (ImportError, FileNotFoundError) as exc:
         print(f"st-export: error: {exc}", file=sys.stderr)

@@ -1,5 +1,7 @@
-"""SPLADE sparse encoders (SparseEncoder): MLM Transformer -> SpladePooling in one graph, whose output is one
-vocabulary-size weight vector per text; st_runtime turns it into a sparse matrix."""
+"""Sparse encoders (SparseEncoder): a SPLADE chain (MLM Transformer -> SpladePooling) or a SparseStaticEmbedding (a
+static weight per vocabulary token, e.g. IDF; no transformer) in one graph, whose output is one vocabulary-size weight
+vector per text; st_runtime turns it into a sparse matrix. A Router model gets one graph per route
+(exporters/router.py): inference-free SPLADE is a SparseStaticEmbedding query route and a SPLADE document route."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SparseEncoder
+from tokenizers import Tokenizer
 from torch import Tensor, nn
+from transformers.tokenization_utils_base import LARGE_INTEGER
 
 import st_runtime
 from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
@@ -20,12 +24,14 @@ from exporters.errors import ParityError, UnsupportedModelError
 from exporters.kinds import ExportOptions, KindExporter, SourceModel, register
 from exporters.onnx_export import export_onnx
 from exporters.parity import PROBE_TEXTS, max_abs_and_min_cosine
+from exporters.router import find_router, write_routed
 from exporters.source import graph_input_names
-from st_runtime.manifest import Variant
+from st_runtime.manifest import Routing, TokenizerSpec, Variant
 
 ONNX_FILE = "onnx/model.onnx"
 SEQUENCE_AXES = {0: "batch_size", 1: "sequence_length"}
 TRANSFORMER_MODULES = ("Transformer", "MLMTransformer")
+EXAMPLE_TEXTS = ["a short text", "a somewhat longer text for tracing the graph"]
 
 
 class SpladeGraph(nn.Module):
@@ -74,6 +80,41 @@ class SpladeGraph(nn.Module):
         return torch.log1p(x) if self.activation_function == "log1p_relu" else x
 
 
+class SparseStaticGraph(nn.Module):
+    """sentence-transformers' SparseStaticEmbedding (the query encoder of inference-free SPLADE) as one graph: the
+    static weight of every vocabulary token present in the text; no transformer.
+
+    Inputs: input_ids, attention_mask (batch, seq), tokenized without special tokens and padded, as the module's
+    preprocess does. Output: sentence_embedding (batch, V) = presence * weight, where presence[token] is what
+    sentence-transformers' `presence.scatter_(1, input_ids, attention_mask)` leaves on CPU: the attention mask at the
+    token's *last* position in the row. That is 1 for a text token (repeats count once) and 0 for padding; a token that
+    is both (the pad token spelled out in a text of a padded batch) gets whichever comes last. ONNX leaves duplicate
+    scatter indices undefined, so only each token's last position is scattered; the others go to a dropped column 0:
+
+        input_ids (b, s) --any(id[i] == id[j], j > i)--> repeated (b, s) --where(repeated, 0, id + 1)--> index (b, s)
+        zeros (b, 1 + V) --ScatterElements(index, attention_mask)--> [:, 1:] --> presence (b, V) --* weight--> (b, V)
+
+    A token id >= V fails the run, as it fails sentence-transformers' scatter. Frozen or not, the weight is a
+    constant of the graph.
+    """
+
+    input_names = ("input_ids", "attention_mask")
+    output_names = ("sentence_embedding",)
+
+    def __init__(self, static_embedding: nn.Module) -> None:
+        super().__init__()
+        self.weight = static_embedding.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        later = positions.unsqueeze(0) > positions.unsqueeze(1)  # later[i, j]: position j comes after position i
+        repeated = ((input_ids.unsqueeze(2) == input_ids.unsqueeze(1)) & later).any(dim=2)
+        index = torch.where(repeated, torch.zeros_like(input_ids), input_ids + 1)
+        zeros = torch.zeros(input_ids.shape[0], self.weight.shape[0] + 1, dtype=self.weight.dtype, device=input_ids.device)
+        presence = zeros.scatter(1, index, attention_mask.to(self.weight.dtype))[:, 1:]
+        return presence * self.weight
+
+
 def chunked_sum(x: Tensor, chunk_size: int) -> Tensor:
     """Sum (b, s, V) over s in chunks of `chunk_size` tokens, then over the chunks, with s dynamic: the sequence is
     zero-padded to a multiple of chunk_size (zeros add nothing)."""
@@ -112,61 +153,139 @@ def untransposed_output_embeddings(transformer: nn.Module) -> Iterator[None]:
             linear.forward = previous
 
 
-def splade_modules(model: SparseEncoder) -> tuple[nn.Module, nn.Module]:
-    """The (transformer, SpladePooling) pair of a SPLADE model.
+def write_sparse_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> dict[str, Any]:
+    """Write the graph(s) and tokenizer(s); return the manifest fields of a sparse-embedding model."""
+    model: SparseEncoder = source.model
+    fields = {
+        "similarity_fn_name": model.similarity_fn_name,
+        "prompts": dict(model.prompts),
+        "default_prompt_name": model.default_prompt_name,
+    }
+    if find_router(model) is not None:
+        routed = write_routed(source, staging, options, write_pipeline)
+        routing: Routing = routed["routing"]
+        # sentence-transformers' answer (the first route that knows its size), else the primary route's
+        dimension = model.get_embedding_dimension() or routing.routes[routing.primary].embedding_dimension
+        task_config = {"vocab_size": dimension, "max_active_dims": model.max_active_dims}
+        return fields | routed | {"embedding_dimension": dimension, "task_config": task_config}
+    route = write_pipeline(list(model), staging, graph_file=ONNX_FILE, tokenizer_file=TOKENIZER_FILE, options=options)
+    route["task_config"] = route["task_config"] | {"max_active_dims": model.max_active_dims}
+    return fields | route
+
+
+def write_pipeline(
+    modules: list[nn.Module], staging: Path, *, graph_file: str, tokenizer_file: str, options: ExportOptions
+) -> dict[str, Any]:
+    """Export one sparse module chain (a whole model, or one route of a Router) as one graph with its tokenizer.
+
+    Returns:
+        The Route fields: inputs, outputs, tokenizer, variants, embedding_dimension, task_config.
 
     Raises:
-        UnsupportedModelError: the model is not exactly an MLM Transformer followed by SpladePooling.
+        UnsupportedModelError: the chain is neither an MLM Transformer followed by SpladePooling nor a lone
+            SparseStaticEmbedding.
     """
-    modules = list(model)
     names = [type(m).__name__ for m in modules]
-    if len(modules) != 2 or names[0] not in TRANSFORMER_MODULES or names[1] != "SpladePooling":
-        raise UnsupportedModelError(
-            f"Only SPLADE sparse encoders (an MLM Transformer followed by SpladePooling) are exported; this model's "
-            f"modules are {names}. CSR models (Pooling + SparseAutoEncoder) and Router models are not supported here."
-        )
-    return modules[0], modules[1]
+    if names == ["SparseStaticEmbedding"]:
+        return _write_sparse_static(modules[0], staging, graph_file=graph_file, tokenizer_file=tokenizer_file,
+                                    options=options)
+    if len(modules) == 2 and names[0] in TRANSFORMER_MODULES and names[1] == "SpladePooling":
+        return _write_splade(modules[0], modules[1], staging, graph_file=graph_file, tokenizer_file=tokenizer_file,
+                             options=options)
+    raise UnsupportedModelError(
+        f"Only SPLADE chains (an MLM Transformer followed by SpladePooling) and a lone SparseStaticEmbedding are exported "
+        f"as sparse encoders, whole or as the routes of a Router; this chain's modules are {names}. CSR models "
+        "(Pooling + SparseAutoEncoder) are not supported."
+    )
 
 
-def write_sparse_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> dict[str, Any]:
-    """Write tokenizer.json and onnx/model.onnx; return the manifest fields of a sparse-embedding model."""
-    model: SparseEncoder = source.model
-    transformer, pooling = splade_modules(model)
-    tokenizer = write_tokenizer(transformer.tokenizer, model.max_seq_length, staging / TOKENIZER_FILE)
-    input_names = graph_input_names(model)
-    example = model.preprocess(["a short text", "a somewhat longer text for tracing the graph"])
+def _write_splade(transformer: nn.Module, pooling: nn.Module, staging: Path, *, graph_file: str, tokenizer_file: str,
+                  options: ExportOptions) -> dict[str, Any]:
+    tokenizer = write_tokenizer(transformer.tokenizer, transformer.max_seq_length, staging / tokenizer_file)
+    input_names = graph_input_names([transformer])
+    example = transformer.preprocess(EXAMPLE_TEXTS)
     inputs = {name: example[name] for name in input_names}
     graph = SpladeGraph(transformer, pooling, input_names).eval()
     with torch.no_grad():
         vocab_size = int(graph(*inputs.values()).shape[-1])
     axes = {name: SEQUENCE_AXES for name in input_names} | {"sentence_embedding": {0: "batch_size"}}
     with untransposed_output_embeddings(transformer):
-        export_onnx(graph, inputs, staging / ONNX_FILE, output_names=list(SpladeGraph.output_names), dynamic_axes=axes,
+        export_onnx(graph, inputs, staging / graph_file, output_names=list(SpladeGraph.output_names), dynamic_axes=axes,
                     opset=options.opset, external_data=options.external_data)
     return {
         "inputs": tuple(inputs),
         "outputs": SpladeGraph.output_names,
         "tokenizer": tokenizer,
-        "variants": (Variant(name="fp32", file=ONNX_FILE, precision="fp32"),),
+        "variants": (Variant(name="fp32", file=graph_file, precision="fp32"),),
         "embedding_dimension": vocab_size,
-        "similarity_fn_name": model.similarity_fn_name,
-        "prompts": dict(model.prompts),
-        "default_prompt_name": model.default_prompt_name,
         "task_config": {
             "vocab_size": vocab_size,
             "pooling_strategy": graph.pooling_strategy,
             "activation_function": graph.activation_function,
             "chunk_size": graph.chunk_size,
-            "max_active_dims": model.max_active_dims,
         },
     }
+
+
+def _write_sparse_static(static_embedding: nn.Module, staging: Path, *, graph_file: str, tokenizer_file: str,
+                         options: ExportOptions) -> dict[str, Any]:
+    tokenizer = write_tokenizer_without_special_tokens(static_embedding.tokenizer, staging / tokenizer_file)
+    example = static_embedding.preprocess(EXAMPLE_TEXTS)  # padded, without special tokens
+    inputs = {name: example[name] for name in SparseStaticGraph.input_names}
+    graph = SparseStaticGraph(static_embedding).eval()
+    vocab_size = int(graph.weight.shape[0])
+    axes = {name: SEQUENCE_AXES for name in inputs} | {"sentence_embedding": {0: "batch_size"}}
+    export_onnx(graph, inputs, staging / graph_file, output_names=list(SparseStaticGraph.output_names), dynamic_axes=axes,
+                opset=options.opset, external_data=options.external_data)
+    return {
+        "inputs": tuple(inputs),
+        "outputs": SparseStaticGraph.output_names,
+        "tokenizer": tokenizer,
+        "variants": (Variant(name="fp32", file=graph_file, precision="fp32"),),
+        "embedding_dimension": vocab_size,
+        "task_config": {"vocab_size": vocab_size},
+    }
+
+
+def write_tokenizer_without_special_tokens(hf_tokenizer: Any, path: Path) -> TokenizerSpec:
+    """Write a transformers fast tokenizer as SparseStaticEmbedding applies it (`tokenizer(texts, padding=True,
+    truncation=True, add_special_tokens=False)`): its post-processor dropped, so the runtime's encode adds no special
+    tokens; truncated at the tokenizer's model_max_length (never, where that is unset); padded as the tokenizer pads.
+
+    Raises:
+        UnsupportedModelError: a slow tokenizer (no tokenizer.json), or one without a pad token (sentence-transformers
+            itself cannot pad a batch with it).
+    """
+    if not getattr(hf_tokenizer, "is_fast", False) or hf_tokenizer.pad_token_id is None:
+        raise UnsupportedModelError(
+            f"The SparseStaticEmbedding's tokenizer ({type(hf_tokenizer).__name__}) is not a fast tokenizer with a pad "
+            "token, so no tokenizer.json can reproduce it. Give the module a fast tokenizer with a pad token first."
+        )
+    model_max_length = hf_tokenizer.model_max_length
+    spec = TokenizerSpec(
+        file=path.name,
+        max_seq_length=int(model_max_length) if model_max_length <= LARGE_INTEGER else None,  # as transformers decides
+        pad_token=str(hf_tokenizer.pad_token),
+        pad_token_id=int(hf_tokenizer.pad_token_id),
+        padding_side=hf_tokenizer.padding_side,
+        truncation_side=hf_tokenizer.truncation_side,
+    )
+    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())  # a copy: the source model is untouched
+    backend.post_processor = None
+    backend.no_truncation()
+    if spec.max_seq_length is not None:
+        backend.enable_truncation(max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side)
+    backend.enable_padding(direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token)
+    backend.save(str(path))
+    return spec
 
 
 def check_sparse_encoder_parity(
     reference: SparseEncoder, folder: Path, *, atol: float, texts: tuple[str, ...] = PROBE_TEXTS
 ) -> dict[str, Any]:
     """Encode `texts` (and, for each stored non-empty prompt, `texts` with that prompt) with both, densified and with
-    every dimension kept (max_active_dims = vocabulary size), so the graph itself is compared; raise above `atol`.
+    every dimension kept (max_active_dims = vocabulary size), so the graph itself is compared; for a Router model,
+    through every route (each with a task that reaches it); raise above `atol`.
 
     Returns:
         {"max_abs_diff", "min_cosine", "texts", "atol"} for the manifest.
@@ -175,16 +294,19 @@ def check_sparse_encoder_parity(
         ParityError: when the largest difference exceeds `atol`.
     """
     runtime = st_runtime.SparseEncoder(folder)
-    keep_all = runtime.get_embedding_dimension()
+    routing = runtime.manifest.routing
     worst, min_cos, count = 0.0, 1.0, 0
     prompt_names = [None, *sorted(name for name, text in reference.prompts.items() if text)]
-    for prompt_name in prompt_names:
-        expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
-                                    convert_to_sparse_tensor=False, max_active_dims=keep_all)
-        actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
-                                convert_to_sparse_tensor=False, max_active_dims=keep_all)
-        diff, cosine = max_abs_and_min_cosine(expected.cpu().numpy(), np.asarray(actual))
-        worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
+    for task in [None] if routing is None else one_task_per_route(routing):
+        task_kwargs = {"task": task} if task is not None else {}
+        keep_all = runtime.routes.graph(task).route.embedding_dimension or runtime.get_embedding_dimension()
+        for prompt_name in prompt_names:
+            expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
+                                        convert_to_sparse_tensor=False, max_active_dims=keep_all, **task_kwargs)
+            actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
+                                    convert_to_sparse_tensor=False, max_active_dims=keep_all, task=task)
+            diff, cosine = max_abs_and_min_cosine(expected.cpu().numpy(), np.asarray(actual))
+            worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
     report = {"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}
     if not worst <= atol:
         raise ParityError(
@@ -194,11 +316,22 @@ def check_sparse_encoder_parity(
     return report
 
 
+def one_task_per_route(routing: Routing) -> list[str | None]:
+    """A task (None: no task) that reaches each route: no task for the default route, then the named tasks. (A task
+    the Router does not name resolves as no task does, so other_tasks_route, when set, is the default route.)"""
+    chosen: dict[str, str | None] = {}
+    if routing.default_route is not None:
+        chosen[routing.default_route] = None
+    for task, route in sorted(routing.tasks.items()):
+        chosen.setdefault(route, task)
+    return list(chosen.values())
+
+
 SPARSE_ENCODER = register(KindExporter(
     task="sparse-embedding",
     model_type="SparseEncoder",
     load=SparseEncoder,
-    supported_modules=frozenset({*TRANSFORMER_MODULES, "SpladePooling"}),
+    supported_modules=frozenset({*TRANSFORMER_MODULES, "SpladePooling", "SparseStaticEmbedding", "Router"}),
     write=write_sparse_encoder,
     check_parity=check_sparse_encoder_parity,
 ))

@@ -56,7 +56,7 @@ def top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int = SPARSE_
             overlaps.append(1.0 if not (cand_row > 0).any() else 0.0)
             continue
         ref_top = set(np.argsort(-ref_row, kind="stable")[:kk].tolist())
-        cand_top = set(np.argsort(-cand_row, kind="stable")[:kk].tolist())
+        cand_top = {int(i) for i in np.argsort(-cand_row, kind="stable")[:kk] if cand_row[i] > 0}  # active dims only
         overlaps.append(len(ref_top & cand_top) / kk)
     return np.array(overlaps)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 from quantizers.calibration import FeedsReader
 from quantizers.configs import DynamicInt8, Optimize, StaticInt8
@@ -18,6 +19,7 @@ from quantizers.configs import DynamicInt8, Optimize, StaticInt8
 DYNAMIC_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
 STATIC_OPS = ["MatMul", "Gather"]
 _ACTIVATIONS = {"Erf", "Gelu", "FastGelu", "BiasGelu", "Relu", "Tanh"}
+_ELEMENTWISE = {"Mul", "Add", "Div", "Sub", "Cast", "Identity"}
 _CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _FUSION_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2"}
 
@@ -79,9 +81,10 @@ def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, 
     with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_optimization=False, skip_symbolic_shape=True)
+        quantized = weight_nodes(onnx.load(str(prepared)), STATIC_OPS, skip_after_activation=True)
         quantize_static(
             str(prepared), str(dst), FeedsReader(feeds),
-            nodes_to_quantize=weight_nodes(onnx.load(str(prepared)), STATIC_OPS, skip_after_activation=True),
+            nodes_to_quantize=quantized,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=STATIC_OPS,
             per_channel=True,
@@ -91,6 +94,11 @@ def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, 
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibTensorRangeSymmetric": False,
                            "CalibMovingAverage": config.method == "minmax"},
         )
+        # The MatMuls kept in float still store int8 weights (dequantized once, at load), so the file shrinks
+        # like the rest of the model.
+        model = onnx.load(str(dst))
+        weight_only_int8(model, sorted(set(weight_nodes(onnx.load(str(prepared)), ["MatMul"])) - set(quantized)))
+        onnx.save_model(model, str(dst))
 
 
 def weight_nodes(model: onnx.ModelProto, op_types: list[str], *, skip_after_activation: bool = False) -> list[str]:
@@ -105,15 +113,70 @@ def weight_nodes(model: onnx.ModelProto, op_types: list[str], *, skip_after_acti
     constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     producers = {o: n for n in model.graph.node for o in n.output}
 
-    def after_activation(node: onnx.NodeProto, depth: int = 3) -> bool:
+    def after_activation(node: onnx.NodeProto, depth: int = 6) -> bool:
+        """An activation feeds `node` through elementwise ops only (GELU is x * 0.5 * (1 + erf(x / sqrt 2)))."""
         for name in node.input:
             parent = producers.get(name)
             if parent is None:
                 continue
-            if parent.op_type in _ACTIVATIONS or (depth > 1 and after_activation(parent, depth - 1)):
+            if parent.op_type in _ACTIVATIONS:
+                return True
+            if parent.op_type in _ELEMENTWISE and depth > 1 and after_activation(parent, depth - 1):
                 return True
         return False
 
     return [n.name for n in model.graph.node
             if n.op_type in op_types and any(i in initializers or i in constants for i in n.input)
             and not (skip_after_activation and n.op_type == "MatMul" and after_activation(n))]
+
+
+def weight_only_int8(model: onnx.ModelProto, node_names: list[str]) -> int:
+    """Store the weight of each named MatMul as symmetric per-column int8 behind a DequantizeLinear; the
+    product itself stays in float. Returns the number of weights converted.
+
+        W (float, K x N)   ->   W_q (int8, K x N), scale (N,)  -> DequantizeLinear(axis=1) -> MatMul
+    """
+    initializers = {t.name: t for t in model.graph.initializer}
+    wanted = set(node_names)
+    converted = 0
+    for node in model.graph.node:
+        if node.name not in wanted or node.op_type != "MatMul":
+            continue
+        for slot, name in enumerate(node.input):
+            tensor = initializers.get(name)
+            if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT or len(tensor.dims) != 2:
+                continue
+            weight = numpy_helper.to_array(tensor)
+            scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0
+            quantized = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+            base = f"{name}_weight_int8"
+            model.graph.initializer.remove(tensor)
+            model.graph.initializer.extend([
+                numpy_helper.from_array(quantized, base),
+                numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
+            ])
+            model.graph.node.append(onnx.helper.make_node(
+                "DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [f"{base}_dequantized"], axis=1,
+                name=f"{node.name}_weight_dequantize"))
+            node.input[slot] = f"{base}_dequantized"
+            converted += 1
+            break
+    _sort_topologically(model.graph)
+    return converted
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (ONNX requires it)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("The graph has a cycle or an input without producer.")
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -1,7 +1,9 @@
 """`SparseEncoder`: SPLADE sparse embeddings from an exported sparse encoder, with sentence-transformers' API.
 
 The graph returns one vocabulary-size weight vector per text for each batch; `encode` keeps only the non-zero
-weights, so a whole corpus is never held as a dense (n, vocab) array unless asked for.
+weights, so a whole corpus is never held as a dense (n, vocab) array unless asked for. Inference-free SPLADE (a Router
+with a SparseStaticEmbedding query route) runs a graph per route: `encode_query` runs only the static token weights,
+never the transformer.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
 class SparseEncoder(ExportedModel):
-    """A SPLADE sparse encoder exported by `st-export`; the MLM transformer and SpladePooling run inside one ONNX
-    graph, so `encode` only tokenizes, runs and keeps the non-zero weights.
+    """A sparse encoder exported by `st-export`: SPLADE (the MLM transformer and SpladePooling inside one ONNX graph),
+    SparseStaticEmbedding, or a Router of them (inference-free SPLADE: `encode_query` runs the static query graph,
+    `encode_document` the SPLADE one), so `encode` only tokenizes, runs and keeps the non-zero weights.
 
     Thread-safe: `encode` may be called from several threads on one instance.
     See `ExportedModel` for the constructor arguments; max_active_dims overrides the exported model's.
@@ -125,7 +128,7 @@ class SparseEncoder(ExportedModel):
         prompt = self._resolve_prompt(prompt, prompt_name)
         texts_in = [prompt + t for t in texts] if prompt else texts
         graph = self.routes.graph(task)
-        dim = self.get_embedding_dimension()
+        dim = int(graph.route.task_config.get("vocab_size") or self.get_embedding_dimension())  # a route may differ
         row_indices: list[np.ndarray] = [np.zeros(0, np.int64)] * len(texts)
         row_values: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
         batches = list(length_sorted_batches([len(t) for t in texts_in], batch_size))

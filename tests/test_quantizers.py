@@ -149,3 +149,6 @@ def test_accuracy_measures():
     other[0, 3], other[0, 9] = 0, 5
     assert top_k_overlap(dense, dense).tolist() == [1.0, 1.0]
     assert top_k_overlap(dense, other, k=3).tolist() == pytest.approx([2 / 3, 1.0])
+    disjoint = np.zeros((1, 50))
+    disjoint[0, 20] = 1.0  # shares nothing with row 0's top dims, and has fewer active dims than k
+    assert top_k_overlap(dense[:1], disjoint, k=3).tolist() == [0.0]

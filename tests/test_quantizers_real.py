@@ -21,6 +21,7 @@ FLOORS = {
     "fp16": (0.9999, 0.999),
     "openvino": (0.999999, 0.99999),
     "openvino_bf16": (0.999, 0.99),
+    "openvino_fp16": (0.9999, 0.999),
     "openvino_qint8_weights": (0.998, 0.99),
     "openvino_qint8_quantized": (0.99, 0.93),
 }

@@ -1,0 +1,214 @@
+"""One row of a benchmark, in its own fresh process: `python -m bench.worker SPEC.json --spawn-time T`.
+
+The parent writes SPEC.json (engine, model path, variant, threads, the workload file, the output folder) and
+passes the wall-clock time just before it started this process, so the cold start is measured from process start
+to the end of the first encode (interpreter start + imports + load + first call). The worker runs the workloads
+(warm-up passes, then timed repeats), writes the outputs of the last pass as .npy/.npz and the timings and peak
+RSS as result.json into the output folder, and prints `@@ <stage>` lines on stdout so the parent can show progress.
+
+Only the standard library is imported before the clock starts counting the engine's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ENGINES = ("st-torch", "st-onnx", "st-openvino", "st_runtime")
+LATENCY_WARMUP_CALLS = 5
+
+
+def stage(name: str) -> None:
+    print(f"@@ {name}", flush=True)
+
+
+def load_engine(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    """Import the engine and load the model; returns (model, {"import_s": ..., "load_s": ...})."""
+    engine, task, threads = spec["engine"], spec["task"], int(spec["threads"])
+    t0 = time.perf_counter()
+    if engine == "st_runtime":
+        import st_runtime
+
+        cls = {"sentence-embedding": st_runtime.SentenceTransformer, "text-ranking": st_runtime.CrossEncoder,
+               "sparse-embedding": st_runtime.SparseEncoder}[task]
+        t1 = time.perf_counter()
+        model = cls(spec["path"], variant=spec["variant"], intra_op_num_threads=threads)
+        return model, {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from sentence_transformers import CrossEncoder, SentenceTransformer, SparseEncoder
+
+    cls = {"sentence-embedding": SentenceTransformer, "text-ranking": CrossEncoder, "sparse-embedding": SparseEncoder}[task]
+    kwargs: dict[str, Any] = {"device": "cpu"}
+    if engine == "st-onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        kwargs.update(backend="onnx", model_kwargs={"file_name": spec["file_name"], "provider": "CPUExecutionProvider",
+                                                    "session_options": options})
+    elif engine == "st-openvino":
+        model_kwargs: dict[str, Any] = {"ov_config": {"INFERENCE_NUM_THREADS": threads}}
+        if spec.get("file_name"):
+            model_kwargs["file_name"] = spec["file_name"]
+        kwargs.update(backend="openvino", model_kwargs=model_kwargs)
+    elif engine != "st-torch":
+        raise ValueError(f"Unknown engine {engine!r}; known: {ENGINES}.")
+    t1 = time.perf_counter()
+    model = cls(spec["path"], **kwargs)
+    return model, {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
+
+
+def openvino_precision(model: Any) -> str | None:
+    """The precision OpenVINO really runs ("f32", "bf16", ...; it picks bf16 by itself on CPUs with AVX-512 BF16 or AMX
+    unless told otherwise), read from the compiled model after the first call; None for other engines."""
+    compiled = getattr(getattr(model, "backend", None), "compiled", None)  # st_runtime's OpenVINO backend
+    if compiled is None:  # sentence-transformers' backend="openvino": optimum-intel's OVModel
+        try:
+            compiled = model[0].auto_model.request
+        except (AttributeError, TypeError, IndexError, KeyError):
+            return None
+    if hasattr(compiled, "get_compiled_model"):  # an infer request
+        compiled = compiled.get_compiled_model()
+    try:
+        value = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return {"bfloat16": "bf16", "f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16", "bf16": "bf16"}.get(
+        value.lower().removeprefix("<type: '").removesuffix("'>"), value)
+
+
+def sparse_parts(embeddings: Any) -> dict[str, Any]:
+    """CSR parts (indptr, indices, values, shape) of what a sparse encoder returned: a torch sparse tensor, a scipy
+    sparse array, st_runtime's SparseEmbeddings or a dense array."""
+    import numpy as np
+
+    if hasattr(embeddings, "indptr") and hasattr(embeddings, "indices"):  # scipy CSR, st_runtime SparseEmbeddings
+        values = embeddings.data if hasattr(embeddings, "data") else embeddings.values
+        return {"indptr": np.asarray(embeddings.indptr, np.int64), "indices": np.asarray(embeddings.indices, np.int64),
+                "values": np.asarray(values, np.float32), "shape": np.asarray(embeddings.shape, np.int64)}
+    if getattr(embeddings, "is_sparse", False):  # torch COO
+        coo = embeddings.coalesce().cpu()
+        rows, cols = coo.indices().numpy()
+        order = np.lexsort((cols, rows))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=coo.shape[0]))])
+        return {"indptr": indptr.astype(np.int64), "indices": cols[order].astype(np.int64),
+                "values": coo.values().numpy()[order].astype(np.float32), "shape": np.asarray(coo.shape, np.int64)}
+    dense = np.asarray(embeddings.cpu().numpy() if hasattr(embeddings, "cpu") else embeddings, np.float32)
+    rows, cols = np.nonzero(dense)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=dense.shape[0]))])
+    return {"indptr": indptr.astype(np.int64), "indices": cols.astype(np.int64), "values": dense[rows, cols],
+            "shape": np.asarray(dense.shape, np.int64)}
+
+
+def timed_passes(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:
+    """Run `call` warmup + repeats times; the seconds of the timed repeats and the last result."""
+    result = None
+    for _ in range(warmup):
+        result = call()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = call()
+        seconds.append(time.perf_counter() - start)
+    return seconds, result
+
+
+def latency_calls(call: Callable[[Any], Any], items: list[Any], repeats: int) -> list[list[float]]:
+    """Seconds of one call per item, per repeat, after a few untimed calls."""
+    for item in items[:LATENCY_WARMUP_CALLS]:
+        call(item)
+    per_repeat = []
+    for _ in range(repeats):
+        seconds = []
+        for item in items:
+            start = time.perf_counter()
+            call(item)
+            seconds.append(time.perf_counter() - start)
+        per_repeat.append(seconds)
+    return per_repeat
+
+
+def run(spec: dict[str, Any], spawn_time: float) -> dict[str, Any]:
+    """Load, time the first call, run the task's workloads, write the outputs; returns the result record."""
+    import numpy as np
+
+    from bench.workloads import Workload
+
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    workload = Workload.load(Path(spec["workload"]))
+    task, batch, warmup, repeats = spec["task"], int(spec["batch_size"]), int(spec["warmup"]), int(spec["repeats"])
+    stage("load")
+    model, times = load_engine(spec)
+    quiet = {"batch_size": batch, "show_progress_bar": False}
+    first = workload.corpus[0]
+    start = time.perf_counter()
+    if task == "text-ranking":
+        model.predict([(first, first)], **quiet)
+    else:
+        model.encode([first], **quiet)
+    times["first_call_s"] = time.perf_counter() - start
+    times["cold_start_s"] = time.time() - spawn_time
+    info = {"inference_precision": openvino_precision(model)} if spec.get("backend") == "openvino" else {}
+    result: dict[str, Any] = {"timings": times, "info": info}
+
+    corpus = list(workload.corpus)
+    if task == "sentence-embedding":
+        stage("bulk")
+        result["bulk_s"], embeddings = timed_passes(lambda: model.encode(corpus, **quiet), warmup, repeats)
+        np.save(out / "bulk.npy", np.asarray(embeddings, np.float32))
+        stage("latency")
+        result["latency_s"] = latency_calls(lambda t: model.encode([t], **quiet), list(workload.latency_texts), repeats)
+        if workload.lee_documents:
+            np.save(out / "lee.npy", np.asarray(model.encode(list(workload.lee_documents), **quiet), np.float32))
+    elif task == "sparse-embedding":
+        stage("documents")
+        result["bulk_s"], docs = timed_passes(lambda: model.encode_document(corpus, **quiet), warmup, repeats)
+        np.savez(out / "bulk.npz", **sparse_parts(docs))
+        stage("queries")
+        queries = list(workload.queries)
+        result["query_bulk_s"], encoded = timed_passes(lambda: model.encode_query(queries, **quiet), warmup, repeats)
+        np.savez(out / "queries.npz", **sparse_parts(encoded))
+        stage("latency")
+        result["latency_s"] = latency_calls(lambda q: model.encode_query([q], **quiet), queries, repeats)
+        if workload.lee_documents:
+            np.savez(out / "lee.npz", **sparse_parts(model.encode_document(list(workload.lee_documents), **quiet)))
+    elif task == "text-ranking":
+        stage("pairs")
+        pairs = workload.pairs
+        result["bulk_s"], scores = timed_passes(lambda: model.predict(pairs, **quiet), warmup, repeats)
+        np.save(out / "bulk.npy", np.asarray(scores, np.float32))
+        stage("latency")
+        result["latency_s"] = latency_calls(lambda qd: model.predict([(qd[0], d) for d in qd[1]], **quiet),
+                                            list(workload.rerank), repeats)
+    else:
+        raise ValueError(f"Unknown task {task!r}.")
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result["torch_imported"] = "torch" in sys.modules
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--spawn-time", type=float, required=True, help="time.time() just before this process started")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec.read_text(encoding="utf-8"))
+    result = run(spec, args.spawn_time)
+    (Path(spec["out"]) / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    stage("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

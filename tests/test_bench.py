@@ -1,0 +1,340 @@
+"""st-bench: the harness logic (accuracy figures, Spearman, FLOP count, workloads, the regression gate, the
+writers) on constructed data and tiny exported models, and one end-to-end `st-bench` run with the
+sentence-transformers peers. No timing is asserted: only that every figure is there and means what it says."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import quality, regression, report, workloads
+from bench.cli import EXIT_REGRESSION
+from bench.cli import main as bench_main
+from bench.flops import count_graph_flops, token_weighted_length
+from bench.runner import SCHEMA, BenchConfig, run_bench
+from bench.sysinfo import peak_gflops
+from exporters import export
+from quantizers import DynamicInt8, quantize
+from quantizers.accuracy import spearman
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- accuracy figures ----------------------------------------------------------------------------------------------
+
+def test_embedding_accuracy_is_one_on_equal_outputs_and_exact_on_known_different_ones():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20, 8)).astype(np.float32)
+    assert quality.embedding_accuracy(a, a.copy()) == pytest.approx({"mean_cosine": 1.0, "min_cosine": 1.0})
+    assert quality.embedding_accuracy(a, 3 * a)["min_cosine"] == pytest.approx(1.0)  # cosine ignores scale
+    ref = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    cand = np.array([[1, 1], [0, 1], [0, 1]], np.float32)  # cos 1/sqrt(2), 0, 1
+    figures = quality.embedding_accuracy(ref, cand)
+    assert figures["mean_cosine"] == pytest.approx((2**-0.5 + 0 + 1) / 3)
+    assert figures["min_cosine"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="shape"):
+        quality.embedding_accuracy(ref, cand[:2])
+
+
+def test_spearman_on_a_known_case():
+    # d = (-1, 1, -1, 1, 0): rho = 1 - 6 * 4 / (5 * 24) = 0.8
+    assert spearman(np.array([1, 2, 3, 4, 5]), np.array([2, 1, 4, 3, 5])) == pytest.approx(0.8)
+    assert spearman(np.arange(10), -np.arange(10.0) ** 3) == pytest.approx(-1.0)
+
+
+def test_lee_spearman_follows_the_model_similarity_order():
+    docs = np.array([[1, 0], [1, 0.1], [0, 1]], np.float32)  # pairs (0,1), (0,2), (1,2): cosines high, 0, low
+    assert quality.lee_spearman(docs, np.array([0.9, 0.1, 0.2])) == pytest.approx(1.0)
+    assert quality.lee_spearman(docs, np.array([0.1, 0.9, 0.8])) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="human scores"):
+        quality.lee_spearman(docs, np.array([0.1, 0.2]))
+
+
+def test_ranking_accuracy_per_query_and_overall():
+    ref = np.array([0.1, 0.5, 0.9, 0.2, 0.4, 0.8])  # two queries of 3 documents
+    same = quality.ranking_accuracy(ref, ref + 1e-3, group=3)
+    assert same["spearman"] == pytest.approx(1.0) and same["mean_query_spearman"] == pytest.approx(1.0)
+    swapped = quality.ranking_accuracy(ref, np.array([0.9, 0.5, 0.1, 0.2, 0.4, 0.8]), group=3)
+    assert swapped["mean_query_spearman"] == pytest.approx(0.0)  # query 1 reversed (-1), query 2 kept (+1)
+    assert swapped["mean_abs_diff"] == pytest.approx(1.6 / 6)
+
+
+def _csr(dense: np.ndarray) -> dict[str, np.ndarray]:
+    from bench.worker import sparse_parts
+
+    return sparse_parts(dense)
+
+
+def test_sparse_accuracy_top_k_overlap():
+    ref = np.zeros((3, 50), np.float32)
+    ref[0, [1, 2, 3]] = [3, 2, 1]
+    ref[1, [4, 5]] = [1, 1]
+    ref[2, 7] = 5
+    assert quality.sparse_accuracy(_csr(ref), _csr(ref))["top32_overlap"] == pytest.approx(1.0)
+    other = np.zeros_like(ref)
+    other[:, 40:45] = 1  # shares nothing with the reference
+    figures = quality.sparse_accuracy(_csr(ref), _csr(other))
+    assert figures["top32_overlap"] == 0.0 and figures["mean_cosine"] == 0.0
+    half = ref.copy()
+    half[1, 5] = 0
+    assert quality.sparse_accuracy(_csr(ref), _csr(half))["min_top32_overlap"] == pytest.approx(0.5)
+    # CSR parts survive the round trip through dense_rows
+    assert np.array_equal(quality.dense_rows(_csr(ref), 0, 3), ref)
+
+
+# --- FLOPs, peak, workloads ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_source_and_folder(tmp_path_factory, tiny_transformers_dir, bert_vocab):
+    """A tiny bi-encoder saved as a sentence-transformers folder, exported, with a dynamic int8 variant."""
+    from conftest import build_tiny_transformer
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    base = tiny_transformers_dir / "bert-0"
+    if not base.exists():
+        build_tiny_transformer(base, bert_vocab, arch="bert", seed=0)
+    transformer = Transformer(str(base), max_seq_length=48)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension()), Normalize()],
+                                device="cpu")
+    root = tmp_path_factory.mktemp("bench-tiny")
+    model.save(str(root / "source"))
+    export(model, root / "exported")
+    quantize(root / "exported", [DynamicInt8()])
+    return root / "source", root / "exported"
+
+
+def test_flop_count_of_a_tiny_bert(tiny_source_and_folder):
+    _, folder = tiny_source_and_folder
+    flops = count_graph_flops(folder / "onnx/model.onnx")
+    # 2 layers x (Q, K, V, O: 32x32; FFN 32x64 and 64x32) weights; 2 attention MatMuls per layer
+    assert flops.weight_flops_per_token == 2 * 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    assert flops.attention_matmuls == 4 and flops.hidden == 32
+    assert flops.per_token(10.0) == flops.weight_flops_per_token + 2 * 4 * 32 * 10
+    assert token_weighted_length(np.array([2, 4])) == pytest.approx((4 + 16) / 6)
+
+
+def test_peak_estimate_scales_with_cores_clock_and_isa():
+    avx512 = peak_gflops(2, 2000, {"avx512f", "avx2", "fma", "avx512_vnni"})
+    assert avx512["fp32"] == pytest.approx(2 * 2.0 * 16 * 2 * 2) and avx512["int8"] == pytest.approx(4 * avx512["fp32"])
+    avx2 = peak_gflops(2, 2000, {"avx2", "fma"})
+    assert avx2["fp32"] == pytest.approx(avx512["fp32"] / 2) and avx2["bf16"] == avx2["fp32"]
+    assert peak_gflops(1, None, set())["fp32"] is None and "estimate" in avx512["note"]
+
+
+def test_lee_workload_and_fallback(monkeypatch, tmp_path):
+    if workloads.gensim_test_data() is None:
+        pytest.skip("gensim is not installed")
+    work = workloads.build_workload("sentence-embedding", max_texts=40, latency_n=7)
+    assert len(work.corpus) == 40 and len(work.latency_texts) == 7 and len(work.queries) == 7
+    assert len(work.lee_documents) == 50 and len(work.lee_scores) == 1225
+    assert "£" in " ".join(work.lee_documents)  # Latin-1, as gensim reads it
+    ranking = workloads.build_workload("text-ranking", max_texts=250, rerank_queries=20)
+    assert len(ranking.rerank) == 3 and all(len(docs) == 100 for _, docs in ranking.rerank)
+    assert len(ranking.pairs) == 300 and not ranking.lee_documents
+    saved = work.save(tmp_path / "w.json")
+    assert workloads.Workload.load(saved) == work
+
+    monkeypatch.setattr(workloads, "gensim_test_data", lambda: None)
+    fallback = workloads.build_workload("sentence-embedding")
+    assert len(fallback.corpus) == 600 and not fallback.lee_documents and "gensim" in fallback.notes[0]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one\n\ntwo three\n", encoding="utf-8")
+    assert workloads.build_workload("sentence-embedding", corpus_file=corpus).corpus == ("one", "two three")
+
+
+def test_token_counts_match_the_tokenizer(tiny_source_and_folder):
+    _, folder = tiny_source_and_folder
+    counts = workloads.token_counts(folder, ["a", "hello world", "word " * 200])
+    assert counts[0] == 3 and counts[1] == 4 and counts[2] == 48  # [CLS] .. [SEP]; truncated at max_seq_length
+
+
+# --- regression gate -----------------------------------------------------------------------------------------------
+
+def _document(speedup: float = 2.0, cosine: float = 0.99, rows: tuple[str, ...] = ("st:torch", "st_runtime:int8")):
+    table = []
+    for row_id in rows:
+        ref = row_id == "st:torch"
+        table.append({"id": row_id, "label": row_id, "engine": "st-torch" if ref else "st_runtime", "variant": None,
+                      "precision": "fp32", "backend": "onnxruntime", "reference": ref, "status": "ok", "note": None,
+                      "metrics": {"texts_per_s": 100.0 * (1 if ref else speedup), "texts_per_s_min": 90.0,
+                                  "texts_per_s_max": 110.0, "tokens_per_s": 3000.0, "speedup": 1.0 if ref else speedup,
+                                  "latency_speedup": 1.0 if ref else speedup,
+                                  "latency_ms": {"p50": 5.0, "p95": 6.0, "p99": 7.0},
+                                  "cold_start_s": 1.0, "peak_rss_mb": 300.0, "model_size_mb": 80.0, "gflops": 50.0,
+                                  "peak_fraction": 0.1, "peak_precision": "fp32",
+                                  "accuracy": {"mean_cosine": 1.0 if ref else cosine, "min_cosine": 0.98,
+                                               "lee_spearman": 0.5083, "mean_abs_diff": 0.0}}})
+    return {"schema": SCHEMA, "folder": "exported/tiny", "task": "sentence-embedding", "reference": "st:torch",
+            "headline_accuracy": "mean_cosine",
+            "settings": {"threads": 2, "batch_size": 32, "repeats": 3, "warmup": 1, "latency_n": 100, "max_texts": None},
+            "workload": {"corpus": "lee", "texts": 2000, "pairs": 0, "queries": 100, "real_tokens": 60172,
+                         "median_tokens": 29.0, "lee_documents": 50},
+            "machine": {"model": "CPU", "physical_cores": 2, "mhz": 2600.0, "clock_source": "test", "isa": "avx512_vnni",
+                        "flags": ["avx512f"], "threads_used": 2,
+                        "peak_gflops_estimate": {"fp32": 300.0, "bf16": 600.0, "int8": 1200.0, "note": "estimate"}},
+            "flops": None, "versions": {"python": "3"}, "notes": [], "rows": table}
+
+
+def test_regression_gate_passes_within_tolerance_and_trips_beyond_it():
+    baseline = _document(speedup=2.0, cosine=0.99)
+    within = regression.compare(_document(speedup=1.85, cosine=0.989), baseline, tolerance=0.10)
+    assert not within.failed() and within.compared > 0
+    slower = regression.compare(_document(speedup=1.7), baseline, tolerance=0.10)
+    assert slower.failed()
+    assert {(f.row, f.metric) for f in slower.regressions} == {("st_runtime:int8", "speedup"),
+                                                               ("st_runtime:int8", "latency_speedup")}
+    assert "st_runtime:int8: speedup 1.7" in str(slower.regressions[0])
+    worse = regression.compare(_document(cosine=0.985), baseline, tolerance=0.10, accuracy_tolerance=0.002)
+    assert [f.metric for f in worse.regressions] == ["accuracy.mean_cosine"]
+
+
+def test_regression_gate_reports_missing_rows_and_refuses_a_changed_reference():
+    baseline = _document()
+    now = _document(rows=("st:torch",))
+    comparison = regression.compare(now, baseline)
+    assert comparison.missing == ["st_runtime:int8 (not in this run)"]
+    assert not comparison.failed() and comparison.failed(fail_on_missing=True)
+    other_reference = _document()
+    other_reference["reference"] = "st_runtime:fp32"
+    assert regression.compare(other_reference, baseline).problems
+
+
+@pytest.mark.parametrize("text, value", [("10%", 0.10), ("0.05", 0.05), ("0%", 0.0)])
+def test_parse_tolerance(text, value):
+    assert regression.parse_tolerance(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["abc", "150%", "-1"])
+def test_parse_tolerance_refuses_nonsense(text):
+    with pytest.raises(ValueError, match="tolerance"):
+        regression.parse_tolerance(text)
+
+
+def test_cli_exit_codes_of_the_gate(monkeypatch, tmp_path, capsys, tiny_source_and_folder):
+    import bench.runner
+
+    _, folder = tiny_source_and_folder
+    baseline = tmp_path / "baseline.json"
+    report.write_json(_document(speedup=2.0), baseline)
+    monkeypatch.setattr(bench.runner, "run_bench", lambda config: _document(speedup=1.5))
+    assert bench_main([str(folder), "--baseline", str(baseline), "--tolerance", "10%", "-q"]) == EXIT_REGRESSION
+    assert "REGRESSION: st_runtime:int8: speedup" in capsys.readouterr().err
+    monkeypatch.setattr(bench.runner, "run_bench", lambda config: _document(speedup=1.95))
+    assert bench_main([str(folder), "--baseline", str(baseline), "-q"]) == 0
+    assert "no regression" in capsys.readouterr().err
+    assert bench_main([str(folder), "--baseline", str(tmp_path / "missing.json"), "-q"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- writers -------------------------------------------------------------------------------------------------------
+
+def test_writers_produce_json_markdown_and_png(tmp_path):
+    document = _document()
+    document["rows"].append({"id": "st:openvino", "label": "openvino peer", "status": "skipped", "note": "no optimum-intel",
+                             "reference": False})
+    report.write_json(document, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][1]["id"] == "st_runtime:int8"
+    report.write_markdown(document, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| st:torch [reference] |" in text and "openvino peer: skipped (no optimum-intel)" in text
+    assert "ESTIMATE" in text
+    report.write_plot(document, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = report.terminal_table(document)
+    assert "2.00x" in table and "0.990000" in table
+
+
+# --- end to end ----------------------------------------------------------------------------------------------------
+
+def test_st_bench_end_to_end_on_a_tiny_model(tiny_source_and_folder, tmp_path):
+    source, folder = tiny_source_and_folder
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bench.cli", str(folder), "--source", str(source), "--max-texts", "24",
+               "--repeats", "1", "--latency-n", "4", "--threads", "1", "--json", str(out) + ".json",
+               "--peers", "torch", "onnx", "onnx-int8",  # the OpenVINO peer's export alone takes ~15 s; checked by hand
+               "--markdown", str(out) + ".md", "--plot", str(out) + ".png", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(Path(str(out) + ".json").read_text())
+    rows = {r["id"]: r for r in document["rows"]}
+    assert document["reference"] == "st:torch" and document["settings"]["threads"] == 1
+    int8 = next(v.name for v in __import__("st_runtime").load_manifest(folder).variants if v.precision == "int8")
+    expected_ok = {"st:torch", "st:onnx", "st_runtime:fp32", f"st_runtime:{int8}"}
+    assert expected_ok <= {i for i, r in rows.items() if r["status"] == "ok"}, {i: r.get("note") for i, r in rows.items()}
+    assert any(i.startswith("st:onnx:") and r["status"] == "ok" for i, r in rows.items())  # sentence-transformers' int8
+    assert "st:openvino" not in rows
+    for row_id in expected_ok:
+        m = rows[row_id]["metrics"]
+        for key in ("texts_per_s", "tokens_per_s", "speedup", "latency_speedup", "cold_start_s", "peak_rss_mb",
+                    "model_size_mb", "gflops"):
+            assert m[key] > 0, (row_id, key)
+        assert m["latency_ms"]["p50"] <= m["latency_ms"]["p99"]
+        assert -1 <= m["accuracy"]["lee_spearman"] <= 1
+    assert rows["st:torch"]["metrics"]["speedup"] == 1.0
+    assert rows["st:torch"]["metrics"]["accuracy"]["mean_cosine"] == pytest.approx(1.0)
+    assert rows["st_runtime:fp32"]["metrics"]["accuracy"]["min_cosine"] > 0.99999  # same model, same texts
+    assert rows["st:onnx"]["metrics"]["accuracy"]["min_cosine"] > 0.99999
+    assert rows[f"st_runtime:{int8}"]["metrics"]["peak_precision"] == "int8"
+    assert document["workload"]["texts"] == 24 and document["flops"]["weight_flops_per_token"] > 0
+    assert Path(str(out) + ".png").stat().st_size > 1000
+    assert "st_runtime fp32" in Path(str(out) + ".md").read_text()
+    assert "speed-up" in done.stdout
+
+    # the run is its own baseline: comparing it with itself passes the gate
+    assert not regression.compare(document, copy.deepcopy(document)).failed()
+
+
+@pytest.fixture(scope="module")
+def tiny_reranker_and_splade(tmp_path_factory, bert_vocab):
+    """A tiny exported cross-encoder and a tiny exported SPLADE model."""
+    import torch
+    from sentence_transformers import CrossEncoder, SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("bench-kinds")
+    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab), model_max_length=64)
+    sizes = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(num_labels=1, initializer_range=0.2, **sizes)).save_pretrained(root / "ce")
+    tokenizer.save_pretrained(root / "ce")
+    export(CrossEncoder(str(root / "ce"), device="cpu"), root / "ce-out")
+    mlm = BertForMaskedLM(BertConfig(**sizes))
+    with torch.no_grad():
+        mlm.cls.predictions.bias.fill_(-0.4)
+    mlm.save_pretrained(root / "mlm")
+    tokenizer.save_pretrained(root / "mlm")
+    splade = SparseEncoder(modules=[Transformer(str(root / "mlm"), transformer_task="fill-mask", max_seq_length=48),
+                                    SpladePooling("max")], device="cpu", prompts={"query": "query: "})
+    export(splade, root / "splade-out")
+    return root / "ce-out", root / "splade-out"
+
+
+@pytest.mark.parametrize("kind", ["text-ranking", "sparse-embedding"])
+def test_run_bench_on_rerankers_and_sparse_encoders(tiny_reranker_and_splade, kind):
+    folder = tiny_reranker_and_splade[0 if kind == "text-ranking" else 1]
+    document = run_bench(BenchConfig(folder=folder, peers=(), threads=1, repeats=1, warmup=0, max_texts=30,
+                                     latency_n=3, progress=False))
+    assert document["task"] == kind and document["reference"] == "st_runtime:fp32"
+    row = next(r for r in document["rows"] if r["id"] == "st_runtime:fp32")
+    assert row["status"] == "ok", row["note"]
+    m = row["metrics"]
+    if kind == "text-ranking":
+        assert document["workload"]["pairs"] == 100  # one query x 100 documents (the corpus cycled)
+        assert m["accuracy"]["spearman"] == pytest.approx(1.0) and m["accuracy"]["mean_query_spearman"] == pytest.approx(1.0)
+    else:
+        assert m["accuracy"]["top32_overlap"] == 1.0 and m["accuracy"]["query_top32_overlap"] == 1.0
+        assert m["query_texts_per_s"] > 0 and m["query_speedup"] == 1.0
+        assert -1 <= m["accuracy"].get("lee_spearman", 0) <= 1
+    assert m["speedup"] == 1.0 and m["latency_ms"]["calls"] >= 1
+    assert report.terminal_table(document)
