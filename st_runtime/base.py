@@ -19,6 +19,8 @@ from st_runtime.tokenizer import Feeds
 
 logger = logging.getLogger("st_runtime")
 
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
 _TASK_CLASSES = {"sentence-embedding": "SentenceTransformer", "text-ranking": "CrossEncoder",
                  "sparse-embedding": "SparseEncoder"}
 
@@ -77,6 +79,36 @@ class ExportedModel:
         self.routes = Routes(self.manifest, primary, functools.partial(open_route, variant=primary.variant.name))
 
     @property
+    def prompts(self) -> dict[str, str]:
+        """Prompts stored with the model, by name (e.g. {"query": "query: "})."""
+        return dict(self.manifest.prompts)
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """Name of the prompt applied when neither prompt nor prompt_name is given."""
+        return self.manifest.default_prompt_name
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """The prompt text to prepend, as sentence-transformers resolves it: `prompt` wins, then `prompt_name`,
+        then the default prompt.
+
+        Raises:
+            ValueError: `prompt_name` is not one of the model's prompts.
+        """
+        if prompt is not None:
+            if prompt_name is not None:
+                logger.warning("Both prompt and prompt_name were given; prompt_name %r is ignored.", prompt_name)
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.manifest.prompts:
+                raise ValueError(f"Prompt name {prompt_name!r} not found in the model's prompts; available: "
+                                 f"{sorted(self.manifest.prompts)}.")
+            return self.manifest.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.manifest.prompts.get(self.default_prompt_name)
+        return None
+
+    @property
     def max_seq_length(self) -> int | None:
         """Texts are truncated to this many tokens, special tokens included (None: never truncated)."""
         return self.manifest.max_seq_length
@@ -92,6 +124,28 @@ class ExportedModel:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, variant={self.variant.name!r})"
+
+
+class TextEncoder(ExportedModel):
+    """Models that embed single texts (bi-encoders, sparse encoders): encode_query / encode_document pick the
+    query or document route of a Router model and the matching stored prompt, as sentence-transformers does."""
+
+    def encode(self, inputs: Any, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def encode_query(self, inputs: Any, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any) -> Any:
+        """encode() with task "query" and the model's "query" prompt, when it has one and none is given."""
+        if prompt_name is None and prompt is None and "query" in self.manifest.prompts:
+            prompt_name = "query"
+        return self.encode(inputs, prompt_name, prompt, task="query", **kwargs)
+
+    def encode_document(self, inputs: Any, prompt_name: str | None = None, prompt: str | None = None,
+                        **kwargs: Any) -> Any:
+        """encode() with task "document" and the model's "document" (else "passage", "corpus") prompt, when it has
+        one and none is given."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.manifest.prompts), None)
+        return self.encode(inputs, prompt_name, prompt, task="document", **kwargs)
 
 
 def _default_variant(manifest: Manifest, backend: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from st_runtime.base import ExportedModel, length_sorted_batches, logger, progress
+from st_runtime.base import ExportedModel, length_sorted_batches, progress
 from st_runtime.errors import InvalidInputError
 
 Pair = tuple[str, str]
@@ -110,30 +110,6 @@ class CrossEncoder(ExportedModel):
         """Name of the activation the graph applies to the logits by default ("sigmoid", "identity", ...), as
         sentence-transformers' CrossEncoder.predict does; None when it is one st_runtime has no numpy name for."""
         return self.manifest.task_config.get("activation")
-
-    @property
-    def prompts(self) -> dict[str, str]:
-        """Prompts stored with the model, by name; a prompt is prepended to the first text of each pair."""
-        return dict(self.manifest.prompts)
-
-    @property
-    def default_prompt_name(self) -> str | None:
-        """Name of the prompt applied when predict() is given neither prompt nor prompt_name."""
-        return self.manifest.default_prompt_name
-
-    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None:
-            if prompt_name is not None:
-                logger.warning("Both prompt and prompt_name were given; prompt_name %r is ignored.", prompt_name)
-            return prompt
-        if prompt_name is not None:
-            if prompt_name not in self.manifest.prompts:
-                raise ValueError(f"Prompt name {prompt_name!r} not found in the model's prompts; available: "
-                                 f"{sorted(self.manifest.prompts)}.")
-            return self.manifest.prompts[prompt_name]
-        if self.default_prompt_name is not None:
-            return self.manifest.prompts.get(self.default_prompt_name)
-        return None
 
     def predict(
         self,

@@ -6,15 +6,14 @@ from typing import Literal
 
 import numpy as np
 
-from st_runtime.base import ExportedModel, check_texts, length_sorted_batches, logger, progress
+from st_runtime.base import TextEncoder, check_texts, length_sorted_batches, progress
 from st_runtime.quantization import PRECISIONS, Precision, quantize_embeddings
 from st_runtime.similarity import similarity_functions
 
 OutputValue = Literal["sentence_embedding", "token_embeddings"]
-DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
-class SentenceTransformer(ExportedModel):
+class SentenceTransformer(TextEncoder):
     """A bi-encoder exported by `st-export`; the whole module chain (transformer, pooling, dense,
     normalize) runs inside one ONNX graph, so `encode` only tokenizes, runs and reorders.
 
@@ -23,16 +22,6 @@ class SentenceTransformer(ExportedModel):
     """
 
     task = "sentence-embedding"
-
-    @property
-    def prompts(self) -> dict[str, str]:
-        """Prompts stored with the model, by name (e.g. {"query": "query: "})."""
-        return dict(self.manifest.prompts)
-
-    @property
-    def default_prompt_name(self) -> str | None:
-        """Name of the prompt applied when encode() is given neither prompt nor prompt_name."""
-        return self.manifest.default_prompt_name
 
     @property
     def similarity_fn_name(self) -> str:
@@ -52,36 +41,6 @@ class SentenceTransformer(ExportedModel):
     def similarity_pairwise(self, embeddings1: np.ndarray, embeddings2: np.ndarray) -> np.ndarray:
         """The model's similarity between embeddings1[i] and embeddings2[i]."""
         return similarity_functions(self.similarity_fn_name)[1](embeddings1, embeddings2)
-
-    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None:
-            if prompt_name is not None:
-                logger.warning("Both prompt and prompt_name were given; prompt_name %r is ignored.", prompt_name)
-            return prompt
-        if prompt_name is not None:
-            if prompt_name not in self.manifest.prompts:
-                raise ValueError(
-                    f"Prompt name {prompt_name!r} not found in the model's prompts; available: "
-                    f"{sorted(self.manifest.prompts)}."
-                )
-            return self.manifest.prompts[prompt_name]
-        if self.default_prompt_name is not None:
-            return self.manifest.prompts.get(self.default_prompt_name)
-        return None
-
-    def encode_query(self, inputs: str | list[str], **kwargs) -> np.ndarray | list[np.ndarray]:
-        """encode() with task "query" (a Router model's query route) and the model's "query" prompt, when it has one."""
-        if "query" in self.manifest.prompts and "prompt" not in kwargs:
-            kwargs.setdefault("prompt_name", "query")
-        return self.encode(inputs, task="query", **kwargs)
-
-    def encode_document(self, inputs: str | list[str], **kwargs) -> np.ndarray | list[np.ndarray]:
-        """encode() with task "document" (a Router model's document route) and the model's "document" (or
-        "passage"/"corpus") prompt, when it has one."""
-        name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.manifest.prompts), None)
-        if name is not None and "prompt" not in kwargs:
-            kwargs.setdefault("prompt_name", name)
-        return self.encode(inputs, task="document", **kwargs)
 
     def encode(
         self,

@@ -13,14 +13,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from st_runtime.base import ExportedModel, check_texts, length_sorted_batches, logger, progress
+from st_runtime.base import TextEncoder, check_texts, length_sorted_batches, progress
 from st_runtime.sparse import SparseEmbeddings, as_format, keep_top_k, scipy_sparse, sparse_similarity, to_csr
 
 SparseFormat = Literal["auto", "scipy", "numpy"]
-DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
-class SparseEncoder(ExportedModel):
+class SparseEncoder(TextEncoder):
     """A sparse encoder exported by `st-export`: SPLADE (the MLM transformer and SpladePooling inside one ONNX graph),
     SparseStaticEmbedding, or a Router of them (inference-free SPLADE: `encode_query` runs the static query graph,
     `encode_document` the SPLADE one), so `encode` only tokenizes, runs and keeps the non-zero weights.
@@ -37,16 +36,6 @@ class SparseEncoder(ExportedModel):
             max_active_dims = self.manifest.task_config.get("max_active_dims")
         self.max_active_dims = _check_max_active_dims(max_active_dims)
         self._vocabulary: list[str | None] | None = None
-
-    @property
-    def prompts(self) -> dict[str, str]:
-        """Prompts stored with the model, by name (e.g. {"query": "query: "})."""
-        return dict(self.manifest.prompts)
-
-    @property
-    def default_prompt_name(self) -> str | None:
-        """Name of the prompt applied when encode() is given neither prompt nor prompt_name."""
-        return self.manifest.default_prompt_name
 
     @property
     def similarity_fn_name(self) -> str:
@@ -66,22 +55,6 @@ class SparseEncoder(ExportedModel):
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> np.ndarray:
         """(n,) the model's similarity between embeddings1[i] and embeddings2[i]."""
         return sparse_similarity(self.similarity_fn_name, embeddings1, embeddings2, pairwise=True)
-
-    def encode_query(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
-                     **kwargs: Any) -> Any:
-        """encode() with task "query" (a Router model's query route) and the model's "query" prompt, when it has one
-        and no prompt/prompt_name is given."""
-        if prompt_name is None and prompt is None and "query" in self.manifest.prompts:
-            prompt_name = "query"
-        return self.encode(inputs, prompt_name, prompt, task="query", **kwargs)
-
-    def encode_document(self, inputs: str | list[str], prompt_name: str | None = None, prompt: str | None = None,
-                        **kwargs: Any) -> Any:
-        """encode() with task "document" (a Router model's document route) and the model's "document" (else
-        "passage", "corpus") prompt, when it has one and no prompt/prompt_name is given."""
-        if prompt_name is None and prompt is None:
-            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.manifest.prompts), None)
-        return self.encode(inputs, prompt_name, prompt, task="document", **kwargs)
 
     def encode(
         self,
@@ -205,19 +178,6 @@ class SparseEncoder(ExportedModel):
             self._vocabulary = strings
         return self._vocabulary
 
-    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
-        if prompt is not None:
-            if prompt_name is not None:
-                logger.warning("Both prompt and prompt_name were given; prompt_name %r is ignored.", prompt_name)
-            return prompt
-        if prompt_name is not None:
-            if prompt_name not in self.manifest.prompts:
-                raise ValueError(f"Prompt name {prompt_name!r} not found in the model's prompts; available: "
-                                 f"{sorted(self.manifest.prompts)}.")
-            return self.manifest.prompts[prompt_name]
-        if self.default_prompt_name is not None:
-            return self.manifest.prompts.get(self.default_prompt_name)
-        return None
 
 
 def _check_max_active_dims(value: int | None) -> int | None:
