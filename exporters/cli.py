@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("exporters", "quantizers", "models_zoo"):
         logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-layer statistics tables
     debug = os.environ.get("ST_RUNTIME_DEBUG") == "1"
     try:
         from exporters import export
