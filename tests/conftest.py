@@ -89,6 +89,25 @@ def build_tiny_transformer(folder: Path, vocab: Path, arch: str = "bert", max_po
     tokenizer.save_pretrained(folder)
 
 
+@pytest.fixture(scope="session")
+def mlm_dir(tmp_path_factory: pytest.TempPathFactory, bert_vocab: Path) -> Path:
+    """A 2-layer random BertForMaskedLM with the real BERT vocabulary; the output bias is lowered so that, like a
+    trained SPLADE model, only about 140 of the 30522 vocabulary weights of a text are non-zero."""
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-mlm")
+    torch.manual_seed(0)
+    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab), model_max_length=64)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertForMaskedLM(config)
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(-0.4)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 TinyFactory = Callable[..., SentenceTransformer]
 
 

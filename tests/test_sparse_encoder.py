@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 import pytest
 import scipy.sparse
-import torch
 from conftest import package_dir, varied_sentences
 from sentence_transformers import SparseEncoder as TorchSparseEncoder
 from sentence_transformers.base.modules import Transformer
@@ -34,25 +33,6 @@ ATOL = 1e-5
 # The MLM head makes a (batch, tokens, 30522) tensor even for a tiny model: the tests that are not about parity
 # itself use every third varied sentence (80, long ones included) to stay quick on two cores.
 POOLINGS = [("max", "relu"), ("max", "log1p_relu"), ("sum", "relu"), ("sum", "log1p_relu")]
-
-
-@pytest.fixture(scope="module")
-def mlm_dir(tmp_path_factory: pytest.TempPathFactory, bert_vocab: Path) -> Path:
-    """A 2-layer random BertForMaskedLM with the real BERT vocabulary; the output bias is lowered so that, like a
-    trained SPLADE model, only about 140 of the 30522 vocabulary weights of a text are non-zero."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-mlm")
-    torch.manual_seed(0)
-    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab), model_max_length=64)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    model = BertForMaskedLM(config)
-    with torch.no_grad():
-        model.cls.predictions.bias.fill_(-0.4)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

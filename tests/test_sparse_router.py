@@ -34,24 +34,6 @@ SPECIAL_TEXTS = [  # special tokens spelled out, repeated tokens, the pad token 
 ]
 
 
-@pytest.fixture(scope="module")
-def mlm_dir(tmp_path_factory: pytest.TempPathFactory, bert_vocab: Path) -> Path:
-    """A 2-layer random BertForMaskedLM with the real BERT vocabulary (biased towards sparse SPLADE outputs)."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-mlm-router")
-    torch.manual_seed(0)
-    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab), model_max_length=64)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    model = BertForMaskedLM(config)
-    with torch.no_grad():
-        model.cls.predictions.bias.fill_(-0.4)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def inference_free_splade(mlm_dir: Path, **kwargs) -> TorchSparseEncoder:
     """Router.for_query_document: SparseStaticEmbedding with random IDF weights (sharing the MLM's tokenizer, as
     sentence-transformers' own example does) for queries; MLMTransformer + SpladePooling for documents (default)."""
