@@ -3,6 +3,7 @@ against the fp32 graph; the fp32 graph is never changed, and a variant under `mi
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +26,11 @@ from quantizers.errors import AccuracyError, QuantizationError
 from quantizers.isa import detect_isa
 from quantizers.texts import calibration_texts, heldout_texts
 from st_runtime.manifest import Manifest, Variant, load_manifest, sha256_file
+
+logger = logging.getLogger(__name__)
+
+# A dynamic int8 variant under this accuracy score is rebuilt with the feed-forward down-projections in float.
+DYNAMIC_RETRY_BELOW = 0.99
 
 
 def quantize(
@@ -78,6 +84,13 @@ def quantize(
             trial = replace(variant, file=(shared[0] if shared else target).relative_to(folder).as_posix())
             report = accuracy.measure(folder, replace(manifest, variants=(*manifest.variants, trial)), trial, texts,
                                       reference=reference)
+            if isinstance(config, DynamicInt8) and not config.float_ffn_output and report["score"] < DYNAMIC_RETRY_BELOW:
+                # Activation outliers in the feed-forward down-projections: keep those products in float.
+                logger.info("%s reaches %.5f; retrying with the feed-forward outputs in float.", config.name, report["score"])
+                _run_pass(replace(config, float_ffn_output=True), folder, manifest, folder / fp32.file, target)
+                retry = accuracy.measure(folder, replace(manifest, variants=(*manifest.variants, trial)), trial, texts,
+                                         reference=reference)
+                report = {**retry, "ffn_output_in_float": 1.0}
             if min_accuracy is not None and report["score"] < min_accuracy:
                 raise AccuracyError(f"Variant {variant.name} reaches accuracy {report['score']:.5f} "
                                     f"({_describe(report)}), below --min-accuracy {min_accuracy}; nothing was written.")

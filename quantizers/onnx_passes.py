@@ -63,14 +63,21 @@ def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> None:
     """Dynamic int8 with the ISA preset: per-channel s8 weights (u8 on AVX2), reduced range on non-VNNI AVX-512."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = onnx.load(str(src))
+    nodes = weight_nodes(model, DYNAMIC_OPS, skip_after_activation=config.float_ffn_output)
     quantize_dynamic(
         str(src), str(dst),
         weight_type=QuantType.QUInt8 if config.weight_type == "quint8" else QuantType.QInt8,
         per_channel=True,
         reduce_range=config.reduce_range,
+        nodes_to_quantize=nodes,
         op_types_to_quantize=DYNAMIC_OPS,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    if config.float_ffn_output:  # their weights are still stored as int8
+        quantized = onnx.load(str(dst))
+        weight_only_int8(quantized, sorted(set(weight_nodes(model, ["MatMul"])) - set(nodes)))
+        onnx.save_model(quantized, str(dst))
 
 
 def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, np.ndarray]]) -> None:

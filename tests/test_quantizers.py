@@ -89,6 +89,23 @@ def test_dynamic_int8_defaults_to_this_cpu(exported, sentences):
     assert variant.file == f"onnx/model_{'quint8' if variant.isa == 'avx2' else 'qint8'}_{variant.isa}.onnx"
 
 
+def test_dynamic_int8_retries_with_feed_forward_outputs_in_float(exported, sentences, monkeypatch):
+    import onnx
+
+    import quantizers.api
+
+    model, folder = exported
+    monkeypatch.setattr(quantizers.api, "DYNAMIC_RETRY_BELOW", 1.01)  # force the retry on this tiny model
+    manifest = quantize(folder, [DynamicInt8("avx512_vnni")], heldout=sentences[:20])
+    variant = manifest.variant(name="qint8_avx512_vnni")
+    assert variant.accuracy["ffn_output_in_float"] == 1.0
+    graph = onnx.load(str(folder / variant.file))
+    weight_only = [n for n in graph.graph.node if n.name.endswith("_weight_dequantize")]
+    assert len(weight_only) == 2  # one feed-forward down-projection per layer, weights stored as int8
+    embeddings = st_runtime.SentenceTransformer(folder, variant=variant.name).encode(sentences[:20])
+    assert cosines(model.encode(sentences[:20]), embeddings).mean() >= 0.98
+
+
 def test_openvino_bf16_shares_the_fp32_ir(exported, sentences):
     model, folder = exported
     manifest = quantize(folder, [OpenVino("fp32"), OpenVino("bf16")], heldout=sentences[:20])
