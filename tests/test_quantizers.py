@@ -169,3 +169,50 @@ def test_accuracy_measures():
     disjoint = np.zeros((1, 50))
     disjoint[0, 20] = 1.0  # shares nothing with row 0's top dims, and has fewer active dims than k
     assert top_k_overlap(dense[:1], disjoint, k=3).tolist() == [0.0]
+
+
+VARIANT_FLAGS = ["--optimize", "O2", "--quantize", "int8", "int8-static", "--backend", "onnx", "openvino", "--isa",
+                 "avx512_vnni"]
+VARIANT_NAMES = {"O2", "qint8_avx512_vnni", "qint8_static_minmax", "openvino", "openvino_qint8_weights",
+                 "openvino_qint8_quantized"}
+
+
+def test_cli_variants_of_a_tiny_cross_encoder(tiny_transformers_dir, bert_vocab, tmp_path, sentences):
+    from sentence_transformers import CrossEncoder
+    from test_cross_encoder import build_tiny_cross_encoder
+
+    source = tiny_transformers_dir / "ce-quantize"
+    if not source.exists():
+        build_tiny_cross_encoder(source, bert_vocab, arch="bert", num_labels=1)
+    assert cli_main([str(source), "-o", str(tmp_path / "out"), *VARIANT_FLAGS, "-q"]) == 0
+    manifest = st_runtime.load_manifest(tmp_path / "out")
+    assert {v.name for v in manifest.variants} == {"fp32"} | VARIANT_NAMES
+    pairs = list(zip(sentences[:30], sentences[30:60], strict=True))
+    expected = CrossEncoder(str(source), device="cpu").predict(pairs)
+    for variant in manifest.variants:
+        if variant.name == "fp32":
+            continue
+        assert "spearman" in variant.accuracy
+        scores = st_runtime.CrossEncoder(tmp_path / "out", variant=variant.name).predict(pairs)
+        assert spearman(expected, scores) >= 0.9, variant.name
+
+
+def test_cli_variants_of_a_tiny_splade(mlm_dir, tmp_path, sentences):
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    model = SparseEncoder(modules=[Transformer(str(mlm_dir), transformer_task="fill-mask", max_seq_length=48),
+                                   SpladePooling("max", "relu")], device="cpu")
+    model.save(str(tmp_path / "src"))
+    assert cli_main([str(tmp_path / "src"), "-o", str(tmp_path / "out"), *VARIANT_FLAGS, "-q"]) == 0
+    manifest = st_runtime.load_manifest(tmp_path / "out")
+    assert {v.name for v in manifest.variants} == {"fp32"} | VARIANT_NAMES
+    expected = model.encode(sentences[:30], convert_to_sparse_tensor=False).numpy()
+    for variant in manifest.variants:
+        if variant.name == "fp32":
+            continue
+        assert "top32_overlap" in variant.accuracy
+        actual = st_runtime.SparseEncoder(tmp_path / "out", variant=variant.name).encode(
+            sentences[:30], convert_to_sparse_tensor=False)
+        assert top_k_overlap(expected, actual).mean() >= 0.8, variant.name
