@@ -66,10 +66,20 @@ def check_bi_encoder_parity(
         actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False, task=task)
         diff, cosine = max_abs_and_min_cosine(expected, actual)
         worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
-    report = {"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}
+    return parity_gate({"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}, "The exported graph")
+
+
+def parity_gate(report: dict[str, Any], what: str) -> dict[str, Any]:
+    """Return the parity report for the manifest, or raise when its max_abs_diff exceeds its atol (NaN fails too).
+
+    Raises:
+        ParityError: naming `what` differed, by how much, and that nothing was written.
+    """
+    worst, atol = report["max_abs_diff"], report["atol"]
     if not worst <= atol:
+        cosine = f", min cosine {report['min_cosine']:.6f}" if "min_cosine" in report else ""
         raise ParityError(
-            f"The exported graph differs from sentence-transformers by {worst:.3g} (tolerance {atol:g}, min cosine "
-            f"{min_cos:.6f}); nothing was written. This is an exporter bug for this architecture: please report it."
+            f"{what} differs from sentence-transformers by {worst:.3g} (tolerance {atol:g}{cosine}); nothing was "
+            "written. This is an exporter bug for this architecture: please report it."
         )
     return report

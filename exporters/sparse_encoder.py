@@ -20,10 +20,10 @@ from transformers.tokenization_utils_base import LARGE_INTEGER
 
 import st_runtime
 from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
-from exporters.errors import ParityError, UnsupportedModelError
+from exporters.errors import UnsupportedModelError
 from exporters.kinds import ExportOptions, KindExporter, SourceModel, register
 from exporters.onnx_export import export_onnx
-from exporters.parity import PROBE_TEXTS, max_abs_and_min_cosine
+from exporters.parity import PROBE_TEXTS, max_abs_and_min_cosine, parity_gate
 from exporters.router import find_router, write_routed
 from exporters.source import graph_input_names
 from st_runtime.manifest import Routing, TokenizerSpec, Variant
@@ -307,13 +307,8 @@ def check_sparse_encoder_parity(
                                     convert_to_sparse_tensor=False, max_active_dims=keep_all, task=task)
             diff, cosine = max_abs_and_min_cosine(expected.cpu().numpy(), np.asarray(actual))
             worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
-    report = {"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}
-    if not worst <= atol:
-        raise ParityError(
-            f"The exported sparse encoder differs from sentence-transformers by {worst:.3g} (tolerance {atol:g}, min "
-            f"cosine {min_cos:.6f}); nothing was written. This is an exporter bug for this architecture: please report it."
-        )
-    return report
+    return parity_gate({"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol},
+                       "The exported sparse encoder")
 
 
 def one_task_per_route(routing: Routing) -> list[str | None]:
