@@ -111,7 +111,8 @@ def peer_rows(source: Path | None, peers: tuple[str, ...], isa: str) -> list[Row
         else:
             missing = [m for m in needs[peer] if not found(m)]
             if missing:
-                hint = {"optimum.intel": "pip install optimum-intel", "optimum.onnxruntime": "pip install optimum-onnx"}
+                hint = {m: "pip install 'st-runtime[peers]'; it requires transformers < 4.58, so sentence-transformers "
+                        "5.x: scripts/setup.sh --line st5" for m in ("optimum.intel", "optimum.onnxruntime")}
                 row = replace(row, skip=f"{', '.join(missing)} not installed"
                               + "".join(f" ({hint[m]})" for m in missing if m in hint))
             elif peer == "torch":

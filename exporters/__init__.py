@@ -18,8 +18,10 @@ from exporters.errors import (  # noqa: E402
     ExportError,
     ModelLoadError,
     OutputExistsError,
+    OutputLocationError,
     ParityError,
     UnsupportedModelError,
 )
 
-__all__ = ["ExportError", "ModelLoadError", "OutputExistsError", "ParityError", "UnsupportedModelError", "export"]
+__all__ = ["ExportError", "ModelLoadError", "OutputExistsError", "OutputLocationError", "ParityError",
+           "UnsupportedModelError", "export"]

@@ -10,11 +10,12 @@ from torch import nn
 # Each kind module registers itself in exporters.kinds.KINDS when imported.
 import exporters.bi_encoder
 import exporters.cross_encoder
+import exporters.multi_vector
 import exporters.sparse_encoder  # noqa: F401
 from exporters.artifacts import package_versions, save_sentence_transformers_files
 from exporters.folder import check_output_dir, staged_output_dir
 from exporters.kinds import ExportOptions
-from exporters.onnx_export import DEFAULT_OPSET
+from exporters.onnx_export import DEFAULT_OPSET, eager_attention
 from exporters.source import load_source
 from st_runtime.manifest import Manifest, hash_folder
 
@@ -50,13 +51,15 @@ def export(
         The manifest written to `output_dir/st_runtime.json`.
 
     Raises:
-        OutputExistsError, ModelLoadError, UnsupportedModelError, ParityError.
+        OutputExistsError, OutputLocationError (under a file, not writable, disk full), ModelLoadError,
+        UnsupportedModelError (also: the folder names code of its own, refused before loading), ParityError.
     """
     check_output_dir(output_dir, overwrite=overwrite)  # fail before the slow work
     source, kind = load_source(model)
     with staged_output_dir(output_dir, overwrite=overwrite) as staging:
         save_sentence_transformers_files(source.model, staging)
-        fields = kind.write(source, staging, ExportOptions(opset=opset, external_data=external_data))
+        with eager_attention(source.model):
+            fields = kind.write(source, staging, ExportOptions(opset=opset, external_data=external_data))
         manifest = Manifest(
             task=kind.task,
             modules=tuple(source.modules),

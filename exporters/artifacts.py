@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from st_runtime.manifest import TokenizerSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+LARGE_LIMIT = 10**9  # transformers writes model_max_length = 1e30 for "no limit"
 VERSIONED_PACKAGES = ("st-runtime", "sentence-transformers", "transformers", "torch", "onnx", "onnxruntime", "tokenizers")
 
 
@@ -23,6 +25,29 @@ def save_sentence_transformers_files(model: nn.Module, folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
     for shard in folder.glob("model-*-of-*.safetensors"):
         shard.unlink()
+    for config in folder.rglob("tokenizer_config.json"):
+        align_tokenizer_config(config)
+
+
+def align_tokenizer_config(path: Path) -> None:
+    """Make a Transformer module's tokenizer_config.json truncate where the module truncates.
+
+    The module's max_seq_length is sentence_bert_config.json's `max_seq_length` (sentence-transformers 5) or, when that
+    has none, the tokenizer's `model_max_length` (sentence-transformers 6 stores it there). transformers 5 also saves
+    the source tokenizer.json truncation (all-MiniLM-L6-v2: 128) as `max_length`, and loaders that read only these
+    files (fastembed takes the smaller of the two) would truncate long texts earlier than sentence-transformers (256):
+    both keys are set to max_seq_length. A folder without sentence_bert_config.json, or without a limit, is left as is.
+    """
+    st_config = path.with_name("sentence_bert_config.json")
+    if not st_config.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    limit = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length") or config.get("model_max_length")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit < LARGE_LIMIT:
+        return
+    aligned = config | {"model_max_length": limit} | ({"max_length": limit} if "max_length" in config else {})
+    if aligned != config:
+        path.write_text(json.dumps(aligned, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_tokenizer(hf_tokenizer, max_seq_length: int, path: Path) -> TokenizerSpec:

@@ -7,6 +7,7 @@ stderr, nothing written); 2 bad command-line usage. Set ST_RUNTIME_DEBUG=1 for t
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def variant_configs(args: argparse.Namespace) -> list:
     """The quantizer configurations the flags ask for, fp32 IR before the variants that reuse it."""
+    from exporters.errors import InvalidArgumentError
     from quantizers import (
         DynamicInt8,
         Fp16,
@@ -71,7 +73,11 @@ def variant_configs(args: argparse.Namespace) -> list:
     )
     from quantizers.texts import read_texts
 
-    calibration = read_texts(args.calibration) if args.calibration else None
+    try:
+        calibration = read_texts(args.calibration) if args.calibration else None
+    except (OSError, ValueError) as exc:  # missing, empty, not UTF-8 (UnicodeDecodeError is a ValueError)
+        reason = f"it is not UTF-8 text ({exc.reason} at byte {exc.start})" if isinstance(exc, UnicodeDecodeError) else exc
+        raise InvalidArgumentError(f"--calibration {str(args.calibration)!r}: {reason}") from exc
     backends = set(args.backend) | ({"openvino"} if args.bf16 else set())
     configs: list = []
     if "onnx" in backends:
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("exporters", "quantizers", "models_zoo"):
         logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-layer statistics tables
+    if args.quiet:
+        quiet_libraries()
     debug = os.environ.get("ST_RUNTIME_DEBUG") == "1"
     try:
         from exporters import export
@@ -126,17 +134,32 @@ def main(argv: list[str] | None = None) -> int:
         options = {k: v for k, v in {"opset": args.opset, "atol": args.atol}.items() if v is not None}
         manifest = export(model, args.output, overwrite=args.overwrite,
                           external_data=True if args.external_data else None, post_process=post_process, **options)
-    except (ImportError, FileNotFoundError) as exc:
-        print(f"st-export: error: {exc}", file=sys.stderr)
-        return 1
-    except StRuntimeError as exc:
+    except (ImportError, OSError, StRuntimeError) as exc:  # every expected failure: one line, exit 1
         if debug:
             raise
-        print(f"st-export: error: {exc}", file=sys.stderr)
+        print(f"st-export: error: {one_line(exc)}", file=sys.stderr)
         return 1
     if not args.quiet:
         print(summary(args.model, args.output, manifest))
     return 0
+
+
+def quiet_libraries() -> None:
+    """-q: no progress bars or info lines from transformers / huggingface_hub either (only errors are printed)."""
+    logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+    for module, calls in (("huggingface_hub.utils", ("disable_progress_bars",)),
+                          ("transformers.utils.logging", ("disable_progress_bar", "set_verbosity_error"))):
+        try:
+            library = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name in calls:
+            getattr(library, name, lambda: None)()
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line (some library messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def summary(model: str, output: str, manifest) -> str:

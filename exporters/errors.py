@@ -23,3 +23,11 @@ class OutputExistsError(ExportError, FileExistsError):
 
 class ModelLoadError(ExportError, OSError):
     """The source model could not be found or loaded."""
+
+
+class OutputLocationError(ExportError, OSError):
+    """The output folder cannot be written where it was asked for (under a file, read-only, disk full)."""
+
+
+class InvalidArgumentError(ExportError, ValueError):
+    """An argument, or a file it names (--calibration), is unusable."""

@@ -35,8 +35,9 @@ class BiEncoderGraph(nn.Module):
         prompt_length = features.pop(PROMPT_LENGTH, None)
         for stage in self.stages:
             if prompt_length is not None and not getattr(stage, "include_prompt", True):
-                features["attention_mask"] = exclude_prompt(features["attention_mask"], prompt_length)
-            features = stage(features)
+                features = pool_without_prompt(stage, features, prompt_length)
+            else:
+                features = stage(features)
         features["last_hidden_state"] = features.get("token_embeddings")
         return tuple(features[name] for name in self.output_names)
 
@@ -63,7 +64,53 @@ class PaddedStaticEmbedding(nn.Module):
 
 
 def exclude_prompt(attention_mask: Tensor, prompt_length: Tensor) -> Tensor:
-    """Zero the first `prompt_length` positions of a right-padded mask, as sentence-transformers' Pooling
-    does for include_prompt=False; `prompt_length` stays a graph input instead of a traced constant."""
+    """Zero the pad and prompt positions before each text's first `prompt_length` tokens, as sentence-transformers'
+    Pooling does for include_prompt=False (right or left padding); `prompt_length` stays a graph input instead of a
+    traced constant."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
-    return attention_mask * (positions >= prompt_length.reshape(1, 1)).to(attention_mask.dtype)
+    first = first_unmasked(attention_mask).unsqueeze(1)
+    return attention_mask * (positions >= first + prompt_length.reshape(1, 1)).to(attention_mask.dtype)
+
+
+def first_unmasked(attention_mask: Tensor) -> Tensor:
+    """Index of each row's first unmasked position (0 for right padding); argmax on int32, which onnxruntime runs."""
+    return attention_mask.to(torch.int32).argmax(dim=1).to(torch.int64)
+
+
+def _weights_start_at_first_token() -> bool:
+    """True when the installed Pooling numbers weightedmean positions from each text's first unmasked token of the
+    mask it is given (sentence-transformers 6), False when from position 0 (5.x). Found by running it on a
+    left-padded example, so the graph follows whichever version it is exported with."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    embeddings = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+    features = {"token_embeddings": embeddings, "attention_mask": torch.tensor([[0, 1, 1]])}
+    pooled = Pooling(2, pooling_mode="weightedmean")(features)["sentence_embedding"][0]
+    return bool(torch.isclose(pooled[1], torch.tensor(2 / 3)))  # weights 1, 2 (6.x); 2, 3 would give 3/5 (5.x)
+
+
+def pool_without_prompt(pooling: nn.Module, features: dict[str, Tensor], prompt_length: Tensor) -> dict[str, Tensor]:
+    """Run a Pooling with include_prompt=False on a mask with the prompt zeroed, as sentence-transformers does.
+
+    Every mode but weightedmean reads only the zeroed mask. sentence-transformers 6 numbers weightedmean positions
+    from the first unmasked token of the *original* mask (the prompt keeps its positions' weights out, the text
+    keeps its own), which the zeroed mask cannot give: that slice of the output is recomputed from the original mask.
+    """
+    original = features["attention_mask"]
+    features["attention_mask"] = exclude_prompt(original, prompt_length)
+    features = pooling(features)
+    modes = (pooling.pooling_mode,) if isinstance(pooling.pooling_mode, str) else tuple(pooling.pooling_mode)
+    if "weightedmean" in modes and "token_weights_sum" not in features and WEIGHTS_START_AT_FIRST_TOKEN:
+        tokens = features["token_embeddings"]
+        width = tokens.shape[-1]
+        start = modes.index("weightedmean") * width
+        positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device, dtype=tokens.dtype).unsqueeze(0)
+        weights = (positions - first_unmasked(original).unsqueeze(1).to(tokens.dtype)).unsqueeze(-1)
+        weights = weights * features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * weights).sum(dim=1) / torch.clamp(weights.sum(dim=1), min=1e-9)
+        embedding = features["sentence_embedding"]
+        features["sentence_embedding"] = torch.cat([embedding[:, :start], pooled, embedding[:, start + width:]], dim=-1)
+    return features
+
+
+WEIGHTS_START_AT_FIRST_TOKEN = _weights_start_at_first_token()

@@ -54,3 +54,13 @@ def register(kind: KindExporter) -> KindExporter:
     """Add a kind to the registry (keyed by its sentence-transformers model_type)."""
     KINDS[kind.model_type] = kind
     return kind
+
+
+# Kinds this environment knows but cannot export (model_type -> why and what to install), e.g. MultiVectorEncoder
+# under sentence-transformers 5.x; source.py refuses them with that one line.
+UNAVAILABLE: dict[str, str] = {}
+
+
+def register_unavailable(model_type: str, reason: str) -> None:
+    """Record a kind whose exporter cannot load here (a missing dependency), with the message to refuse it with."""
+    UNAVAILABLE[model_type] = reason

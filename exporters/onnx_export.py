@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,37 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 DEFAULT_OPSET = 17
+EAGER = "eager"
 PROTOBUF_LIMIT = 2 * 1024**3  # a single .onnx protobuf cannot exceed 2 GiB
 EXTERNAL_DATA_SUFFIX = "_data"
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Trace every transformers model inside `model` with eager attention, and restore its own afterwards.
+
+    transformers 5 defaults to SDPA, which the TorchScript exporter decomposes into a graph onnxruntime runs about
+    40% slower than the eager attention pattern it recognises and fuses (all-MiniLM-L6-v2, 1 thread: 11.2 s vs 7.1 s
+    for the same 100 texts); both give the same numbers, and the parity gate checks the result against the model as
+    loaded. Models that cannot switch at runtime (transformers 4.57 BERT) keep their own attention.
+    """
+    switched = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if current in (None, EAGER) or not hasattr(module, "set_attn_implementation"):
+            continue
+        try:
+            module.set_attn_implementation(EAGER)
+        except (ValueError, NotImplementedError, AttributeError, TypeError):
+            continue
+        if config._attn_implementation == EAGER:
+            switched.append((module, current))
+    try:
+        yield
+    finally:
+        for module, implementation in switched:
+            module.set_attn_implementation(implementation)
 
 
 def export_onnx(

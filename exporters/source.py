@@ -4,14 +4,22 @@ reach the network (a Hugging Face model id, when online); local folders and load
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from torch import nn
 
 from exporters import router
 from exporters.errors import ModelLoadError, UnsupportedModelError
-from exporters.kinds import KINDS, KindExporter, SourceModel
+from exporters.kinds import KINDS, UNAVAILABLE, KindExporter, SourceModel
+from exporters.preflight import check_source_folder, read_json
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The transformers task a kind's Transformer module must have (sentence-transformers' `transformer_task`);
@@ -37,8 +45,10 @@ def load_source(model: str | Path | nn.Module) -> tuple[SourceModel, KindExporte
         UnsupportedModelError: the model kind, or one of its modules, has no in-graph export.
     """
     if isinstance(model, (str, Path)):
-        kind = _kind_of(_model_type_of_path(str(model)))
-        loaded, source = _load_path(str(model), kind)
+        folder, source, load_options = _locate(str(model))
+        check_source_folder(folder)  # before anything from the folder is imported or its weights are read
+        kind = _kind_of(_model_type_of_path(str(folder)))
+        loaded, source = _load_path(str(model), source, load_options, kind)
     else:
         kind = _kind_of(type(model).__name__)
         loaded, source = model, {"kind": "in-memory", "name_or_path": None}
@@ -47,6 +57,8 @@ def load_source(model: str | Path | nn.Module) -> tuple[SourceModel, KindExporte
 
 
 def _kind_of(model_type: str) -> KindExporter:
+    if model_type in UNAVAILABLE:
+        raise UnsupportedModelError(UNAVAILABLE[model_type])
     if model_type not in KINDS:
         raise UnsupportedModelError(f"{model_type} models cannot be exported; supported: {', '.join(sorted(KINDS))}.")
     return KINDS[model_type]
@@ -54,16 +66,16 @@ def _kind_of(model_type: str) -> KindExporter:
 
 def _model_type_of_path(name: str) -> str:
     """The sentence-transformers class a folder was saved from (config_sentence_transformers.json
-    "model_type"), else a guess from the transformers architecture; Hub ids default to SentenceTransformer."""
+    "model_type"), else a guess from the transformers architecture, else SentenceTransformer."""
     path = Path(name)
     st_config = path / "config_sentence_transformers.json"
     if st_config.is_file():
-        model_type = json.loads(st_config.read_text()).get("model_type")
+        model_type = _json_object(st_config).get("model_type")
         if model_type:
             return model_type
     hf_config = path / "config.json"
     if hf_config.is_file() and not (path / "modules.json").is_file():
-        architectures = json.loads(hf_config.read_text()).get("architectures") or []
+        architectures = _json_object(hf_config).get("architectures") or []
         if any(a.endswith("ForSequenceClassification") for a in architectures):
             return "CrossEncoder"
         if any(a.endswith("ForMaskedLM") for a in architectures):
@@ -71,27 +83,119 @@ def _model_type_of_path(name: str) -> str:
     return "SentenceTransformer"
 
 
-def _load_path(name: str, kind: KindExporter) -> tuple[nn.Module, dict[str, Any]]:
+def _json_object(path: Path) -> dict[str, Any]:
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} is not a JSON object; fix the file, or download or save the model again.")
+    return value
+
+
+def _locate(name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The local folder that holds `name`'s configuration (the model folder, or the Hub snapshot of its JSON
+    files), the source record for the manifest, and the options to load it with."""
     path = Path(name)
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"{name!r} is a file; pass the sentence-transformers model folder that contains it.")
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise ModelLoadError(f"{name!r} is not a model folder: it has neither modules.json nor config.json.")
-        try:
-            return kind.load(str(path), device="cpu", local_files_only=True), {
-                "kind": "local", "name_or_path": str(path.resolve()), "model_type": kind.model_type}
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"sentence-transformers could not load {name!r}: {exc}") from exc
+        return path, {"kind": "local", "name_or_path": str(path.resolve())}, {"local_files_only": True}
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"Model folder {name!r} does not exist. Pass an existing sentence-transformers folder.")
+    offline = hub_offline_reason()
+    snapshot = _hub_snapshot(name, offline)
+    # Load the very commit whose configuration was checked, from the cache when offline.
+    return snapshot, {"kind": "hub", "name_or_path": name, "revision": snapshot.name}, {
+        "revision": snapshot.name, "local_files_only": offline is not None}
+
+
+def _hub_snapshot(name: str, offline: str | None) -> Path:
+    """Download (online) or find in the Hugging Face cache (offline) the JSON files of Hub model `name`."""
+    from huggingface_hub import snapshot_download
+
     try:
-        return kind.load(name, device="cpu"), {"kind": "hub", "name_or_path": name, "model_type": kind.model_type}
-    except OSError as exc:
+        return Path(snapshot_download(name, allow_patterns=["*.json"], local_files_only=offline is not None))
+    except Exception as exc:  # the Hub client's many errors (not found, gated, cache miss, bad id) all end here
+        if offline is not None:
+            raise ModelLoadError(
+                f"{name!r} is not a local folder, and it is not in the Hugging Face cache while {offline}. Pass the "
+                "path of a downloaded sentence-transformers folder, or a models_zoo recipe name (st-zoo list)."
+            ) from exc
         raise ModelLoadError(
-            f"{name!r} is not a local folder and could not be loaded from the Hugging Face Hub ({exc}). "
-            "When offline, pass the path of a downloaded sentence-transformers folder instead."
+            f"{name!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}). Pass the path of a downloaded sentence-transformers folder instead."
         ) from exc
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hub cannot be used now (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set, or no connection), or None."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{variable} is set"
+    return hub_unreachable()
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Try a TCP connection to the Hub (HF_ENDPOINT, or the HTTPS proxy in front of it) for `timeout` seconds,
+    name resolution included; return why it failed, or None when it answered. Without this an offline machine
+    spends over a minute in the Hub client's retries before it gives up."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = getproxies().get(url.scheme)
+    if proxy and not proxy_bypass(host):
+        proxy_url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_url.hostname or host, proxy_url.port or 80
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or type(exc).__name__)
+
+    probe = threading.Thread(target=connect, daemon=True)  # a thread: getaddrinfo itself has no timeout
+    probe.start()
+    probe.join(timeout + 0.5)
+    if outcome and outcome[0] is None:
+        return None
+    return f"the Hugging Face Hub cannot be reached ({host}:{port}: {outcome[0] if outcome else 'no answer'})"
+
+
+@contextmanager
+def _weights_only_torch_load() -> Iterator[None]:
+    """While the source model loads, torch.load unpickles tensors only (weights_only=True), whatever the caller
+    asks: a pickled pytorch_model.bin can then build no arbitrary object."""
+    import torch
+
+    original = torch.load
+
+    def load(*args: Any, weights_only: bool | None = True, **kwargs: Any) -> Any:
+        if weights_only is False:
+            raise ModelLoadError("Loading the model asked torch.load to unpickle arbitrary objects (weights_only="
+                                 "False); st-export refuses. Convert the weights to safetensors.")
+        return original(*args, weights_only=True, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _load_path(name: str, source: dict[str, Any], options: dict[str, Any],
+               kind: KindExporter) -> tuple[nn.Module, dict[str, Any]]:
+    try:
+        with _weights_only_torch_load():
+            loaded = kind.load(name, device="cpu", **options)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # sentence-transformers / transformers / safetensors raise many kinds; name the model
+        raise ModelLoadError(f"sentence-transformers could not load {name!r} as a {kind.model_type}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    return loaded, {**source, "model_type": kind.model_type}
 
 
 def _json_safe(value: Any) -> Any:
@@ -156,8 +260,12 @@ def check_text_transformer(index: int | str, module: nn.Module, task: str = "fea
 
 
 def graph_input_names(model: nn.Sequential) -> list[str]:
-    """Inputs the graph takes: those the tokenizer produces and the first module's forward accepts."""
+    """Inputs the graph takes: those the tokenizer produces and the first module's forward accepts.
+
+    sentence-transformers 6 sets `model_forward_params` to None when the model's forward takes **kwargs (every
+    transformers 5 model): it then passes the model every feature the tokenizer produced, and so does the graph.
+    """
     transformer = model[0]
     tokenizer_inputs = set(transformer.tokenizer.model_input_names)
-    forward_params = set(transformer.model_forward_params)
-    return [n for n in GRAPH_INPUTS if n in tokenizer_inputs and n in forward_params]
+    forward_params = transformer.model_forward_params
+    return [n for n in GRAPH_INPUTS if n in tokenizer_inputs and (forward_params is None or n in forward_params)]

@@ -21,7 +21,8 @@ from models_zoo.sources import Resolved, describe, resolve
 from models_zoo.variants import quantizer_config, select
 
 ZOO_FILE = "zoo.json"
-TASKS = {"SentenceTransformer": "sentence-embedding", "CrossEncoder": "text-ranking", "SparseEncoder": "sparse-embedding"}
+TASKS = {"SentenceTransformer": "sentence-embedding", "CrossEncoder": "text-ranking", "SparseEncoder": "sparse-embedding",
+         "MultiVectorEncoder": "multi-vector-embedding"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def measure_speed(folder: Path, manifest: Any, names: Sequence[str], texts: Sequ
     import st_runtime
 
     cls = {"sentence-embedding": st_runtime.SentenceTransformer, "text-ranking": st_runtime.CrossEncoder,
-           "sparse-embedding": st_runtime.SparseEncoder}[manifest.task]
+           "sparse-embedding": st_runtime.SparseEncoder, "multi-vector-embedding": st_runtime.MultiVectorEncoder}[manifest.task]
     items = speed_items(manifest.task, texts)
     models = {n: cls(folder, variant=n, intra_op_num_threads=threads) for n in names}
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from models_zoo.errors import RecipeError, UnknownRecipeError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-KINDS = ("SentenceTransformer", "CrossEncoder", "SparseEncoder")
+KINDS = ("SentenceTransformer", "CrossEncoder", "SparseEncoder", "MultiVectorEncoder")
 # sentence-transformers: a folder with modules.json; transformers: a bare checkpoint (config.json) that the kind's
 # class wraps itself (a *ForMaskedLM for SPLADE, a *ForSequenceClassification for a cross-encoder);
 # model2vec: a static model (config.json, model.safetensors, tokenizer.json) that the zoo turns into a
@@ -115,7 +115,7 @@ class Recipe:
     """How to export one pretrained model offline and which variants it must reach, with what accuracy."""
 
     name: str
-    kind: str  # SentenceTransformer, CrossEncoder or SparseEncoder
+    kind: str  # SentenceTransformer, CrossEncoder, SparseEncoder or MultiVectorEncoder
     format: str  # one of FORMATS
     architecture: str  # config.json "model_type" ("bert", "mpnet", ...); "static" for model2vec
     dimension: int  # embedding size; the vocabulary size for a SparseEncoder; num_labels for a CrossEncoder

@@ -15,7 +15,8 @@ from models_zoo.errors import ZooError
 from models_zoo.sources import cache_dir
 
 # The accuracy score each model kind is gated on (quantizers.accuracy), as the table's legend names it.
-METRICS = {"sentence-embedding": "mean cosine", "text-ranking": "Spearman", "sparse-embedding": "top-32 overlap"}
+METRICS = {"sentence-embedding": "mean cosine", "text-ranking": "Spearman", "sparse-embedding": "top-32 overlap",
+           "multi-vector-embedding": "MaxSim Spearman"}
 
 
 def default_results_file() -> Path:

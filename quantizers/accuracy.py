@@ -1,7 +1,8 @@
 """How close a variant stays to the fp32 graph, per model kind, on held-out texts.
 
 sentence-embedding: mean and min cosine of the embeddings; text-ranking: Spearman correlation of the pair
-scores (and mean |diff|); sparse-embedding: mean overlap of the top-k active dimensions (and mean cosine).
+scores (and mean |diff|); sparse-embedding: mean overlap of the top-k active dimensions (and mean cosine);
+multi-vector-embedding: Spearman correlation of the MaxSim scores of queries x documents (and mean |diff|).
 The headline figure each kind is gated on is `score`."""
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def _rank(model: Any, texts: list[str]) -> np.ndarray:
     return np.asarray(model.predict(pairs, batch_size=16, show_progress_bar=False)).ravel()
 
 
+def _maxsim(model: Any, texts: list[str]) -> np.ndarray:
+    """MaxSim of the first quarter of the texts (as queries) against the rest (as documents), flattened."""
+    queries = texts[: len(texts) // 4]
+    query_embeddings = model.encode_query(queries, batch_size=16, show_progress_bar=False)
+    document_embeddings = model.encode_document(texts[len(queries):], batch_size=16, show_progress_bar=False)
+    return np.asarray(model.similarity(query_embeddings, document_embeddings)).ravel()
+
+
 def _sparse(model: Any, texts: list[str]) -> np.ndarray:
     embeddings = model.encode(texts, batch_size=16, show_progress_bar=False)
     return embeddings.toarray() if hasattr(embeddings, "toarray") else np.asarray(embeddings)
@@ -98,6 +107,7 @@ KIND_ACCURACY: dict[str, tuple[str, Callable[[Any, list[str]], np.ndarray], Call
     "sentence-embedding": ("SentenceTransformer", _embed, embedding_report),
     "text-ranking": ("CrossEncoder", _rank, ranking_report),
     "sparse-embedding": ("SparseEncoder", _sparse, sparse_report),
+    "multi-vector-embedding": ("MultiVectorEncoder", _maxsim, ranking_report),
 }
 
 

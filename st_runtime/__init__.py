@@ -3,9 +3,11 @@
 No torch, transformers or sentence-transformers are imported, directly or indirectly.
 """
 
+from st_runtime import util
 from st_runtime.cross_encoder import CrossEncoder
 from st_runtime.errors import InvalidInputError, ManifestError, ModelFileError, ProviderError, StRuntimeError
 from st_runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, TokenizerSpec, Variant, load_manifest
+from st_runtime.multi_vector_encoder import MultiVectorEncoder
 from st_runtime.providers import resolve_providers
 from st_runtime.sentence_transformer import SentenceTransformer
 from st_runtime.sparse_encoder import SparseEmbeddings, SparseEncoder
@@ -20,6 +22,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ModelFileError",
+    "MultiVectorEncoder",
     "ProviderError",
     "SentenceTransformer",
     "SparseEmbeddings",
@@ -30,4 +33,5 @@ __all__ = [
     "__version__",
     "load_manifest",
     "resolve_providers",
+    "util",
 ]

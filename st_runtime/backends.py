@@ -22,6 +22,8 @@ class Backend(Protocol):
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
+    def output_dimension(self, name: str) -> int | None: ...
+
 
 class OnnxBackend:
     """An onnxruntime session; inputs with a default value (overridable initializers) count as inputs."""
@@ -40,6 +42,11 @@ class OnnxBackend:
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(outputs, feeds)
+
+    def output_dimension(self, name: str) -> int | None:
+        """Static size of the last axis of output `name`; None when it is dynamic or there is no such output."""
+        shape = next((o.shape for o in self.session.get_outputs() if o.name == name), None)
+        return shape[-1] if shape and isinstance(shape[-1], int) else None
 
 
 class OpenVinoBackend:
@@ -76,6 +83,10 @@ class OpenVinoBackend:
             raise ModelFileError(f"OpenVINO could not load {path}: {exc}. Re-export the model.") from exc
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
         self._outputs = {name: port for port in self.compiled.outputs for name in port.get_names()}
+        if "last_hidden_state" in self._outputs:
+            # An IR names the token embeddings only last_hidden_state (quantizers/openvino_passes.py), because
+            # optimum-intel refuses an IR that has outputs named both token_embeddings and sentence_embedding.
+            self._outputs.setdefault("token_embeddings", self._outputs["last_hidden_state"])
         self._local = threading.local()
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -85,3 +96,11 @@ class OpenVinoBackend:
         result = request.infer(feeds)
         # The request reuses its output buffers on the next call: copy out.
         return [np.array(result[self._outputs[name]], copy=True) for name in outputs]
+
+    def output_dimension(self, name: str) -> int | None:
+        """Static size of the last axis of output `name`; None when it is dynamic or there is no such output."""
+        port = self._outputs.get(name)
+        shape = port.get_partial_shape() if port is not None else None
+        if shape is None or shape.rank.is_dynamic or len(shape) == 0 or shape[len(shape) - 1].is_dynamic:
+            return None
+        return shape[len(shape) - 1].get_length()

@@ -14,7 +14,7 @@ import numpy as np
 from st_runtime.errors import InvalidInputError, ManifestError
 from st_runtime.manifest import Manifest, load_manifest
 from st_runtime.providers import ProviderSpec
-from st_runtime.routes import Routes, open_graph
+from st_runtime.routes import Graph, Routes, open_graph
 from st_runtime.tokenizer import Feeds
 
 logger = logging.getLogger("st_runtime")
@@ -22,7 +22,7 @@ logger = logging.getLogger("st_runtime")
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 _TASK_CLASSES = {"sentence-embedding": "SentenceTransformer", "text-ranking": "CrossEncoder",
-                 "sparse-embedding": "SparseEncoder"}
+                 "sparse-embedding": "SparseEncoder", "multi-vector-embedding": "MultiVectorEncoder"}
 
 
 class ExportedModel:
@@ -75,8 +75,11 @@ class ExportedModel:
         primary = open_route(None, variant=variant, file_name=file_name)  # the top-level (or primary route's) graph
         self.variant, self.tokenizer, self.backend = primary.variant, primary.tokenizer, primary.backend
         self._input_names = primary.input_names
-        # Router/Asym models: the other routes open on first use, with the same variant and session settings.
-        self.routes = Routes(self.manifest, primary, functools.partial(open_route, variant=primary.variant.name))
+        # Router/Asym models: the other routes open on first use, with the same variant and session settings (and
+        # the max_seq_length set on the model, if any).
+        open_other = functools.partial(open_route, variant=primary.variant.name)
+        self._max_seq_length: int | None = None  # set by the max_seq_length setter; None: as exported
+        self.routes = Routes(self.manifest, primary, lambda name: self._apply_max_seq_length(open_other(name)))
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -94,12 +97,15 @@ class ExportedModel:
 
         Raises:
             ValueError: `prompt_name` is not one of the model's prompts.
+            InvalidInputError: `prompt` is not a str of valid Unicode, or `prompt_name` is not a str.
         """
         if prompt is not None:
             if prompt_name is not None:
                 logger.warning("Both prompt and prompt_name were given; prompt_name %r is ignored.", prompt_name)
-            return prompt
+            return check_text(prompt, "prompt")
         if prompt_name is not None:
+            if not isinstance(prompt_name, str):
+                raise InvalidInputError(f"prompt_name must be a str, got {type(prompt_name).__name__}.")
             if prompt_name not in self.manifest.prompts:
                 raise ValueError(f"Prompt name {prompt_name!r} not found in the model's prompts; available: "
                                  f"{sorted(self.manifest.prompts)}.")
@@ -110,8 +116,39 @@ class ExportedModel:
 
     @property
     def max_seq_length(self) -> int | None:
-        """Texts are truncated to this many tokens, special tokens included (None: never truncated)."""
-        return self.manifest.max_seq_length
+        """Texts are truncated to this many tokens, special tokens included (None: never truncated).
+
+        Settable, as in sentence-transformers: `model.max_seq_length = 128` truncates later calls at 128 tokens (on
+        every route of a Router model). The graph takes at most the length it was exported with (the manifest's
+        max_seq_length), so only values from 1 to that are accepted.
+
+        Raises:
+            ValueError (on set): not a positive int (InvalidInputError), above the exported length, or a model that
+                never truncates.
+        """
+        return self._max_seq_length if self._max_seq_length is not None else self.manifest.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        value = check_positive_int(value, "max_seq_length")
+        routes = self.manifest.routing.routes.values() if self.manifest.routing else [self.manifest.route(None)]
+        limits = [r.tokenizer.max_seq_length for r in routes if r.tokenizer.max_seq_length is not None]
+        if not limits:
+            raise ValueError("This model never truncates its inputs (e.g. StaticEmbedding, which has no position "
+                             "limit), so max_seq_length cannot be set.")
+        if value > min(limits):
+            raise ValueError(f"max_seq_length={value} is above {min(limits)}, the length this model was exported with "
+                             f"(the longest input its graph is known to take); use a value from 1 to {min(limits)}, or "
+                             "re-export the model with a larger max_seq_length.")
+        self._max_seq_length = value
+        for graph in self.routes.opened_graphs():
+            self._apply_max_seq_length(graph)
+
+    def _apply_max_seq_length(self, graph: Graph) -> Graph:
+        """Truncate `graph`'s inputs at the max_seq_length set on the model (routes that never truncate stay so)."""
+        if self._max_seq_length is not None and graph.route.tokenizer.max_seq_length is not None:
+            graph.tokenizer.set_max_seq_length(self._max_seq_length)
+        return graph
 
     @property
     def session(self) -> Any:
@@ -170,34 +207,80 @@ def check_texts(inputs: Any, argument: str = "inputs") -> tuple[list[str], bool]
         (texts, was_single_string)
 
     Raises:
-        InvalidInputError: None, a non-iterable, or any item that is not a string.
+        InvalidInputError: None, bytes, a non-iterable, or any item that is not a string of valid Unicode.
     """
     if isinstance(inputs, str):
-        return [inputs], True
+        return [check_text(inputs, argument)], True
     if inputs is None:
         raise InvalidInputError(f"{argument} is None; pass a string or a list of strings.")
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"{argument} is bytes, not a string: decode it to str first "
+                                "(data.decode('utf-8')).")
     if isinstance(inputs, np.ndarray):
         inputs = inputs.tolist()
     if not isinstance(inputs, Sequence):
         raise InvalidInputError(f"{argument} must be a string or a list of strings, got {type(inputs).__name__}.")
     texts = list(inputs)
     for index, item in enumerate(texts):
-        if not isinstance(item, str):
-            raise InvalidInputError(
-                f"{argument}[{index}] is {type(item).__name__} ({item!r:.40}), not a string; "
-                "every item must be a str (convert numbers, drop None)."
-            )
+        check_text(item, f"{argument}[{index}]")
     return texts, False
+
+
+def check_text(text: Any, where: str) -> str:
+    """`text` if it is a str the tokenizer takes: valid Unicode (no lone surrogate such as "\\ud800", which a
+    wrong decode leaves behind and the tokenizer refuses with a bare TypeError).
+
+    Args:
+        where: how the message names it ("inputs[3]", "query", "inputs[0][1]").
+
+    Raises:
+        InvalidInputError: not a str (bytes get their own hint), or not valid Unicode.
+    """
+    if not isinstance(text, str):
+        if isinstance(text, (bytes, bytearray)):
+            raise InvalidInputError(f"{where} is bytes, not a string: decode it to str first ({text!r:.40}"
+                                    ".decode('utf-8')).")
+        raise InvalidInputError(f"{where} is {type(text).__name__} ({text!r:.40}), not a string; every item must be "
+                                "a str (convert numbers, drop None).")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"{where} is not valid Unicode: it holds a lone surrogate ({text[exc.start]!r}) at position "
+                f"{exc.start}. Encode it with errors='replace' (text.encode('utf-8', errors='replace')"
+                ".decode('utf-8')) or fix the code that decoded it.") from None
+    return text
+
+
+def check_positive_int(value: Any, argument: str, *, allow_none: bool = False, allow_zero: bool = False) -> int | None:
+    """`value` as an int, if it is a positive int (numpy ints included, bool not); the one check of every count
+    argument (batch_size, top_k, max_active_dims, ...).
+
+    Args:
+        allow_none: None is accepted (and returned).
+        allow_zero: 0 is accepted too.
+
+    Raises:
+        InvalidInputError: anything else (2.5, "3", True, 0, -1); it is a ValueError and a TypeError.
+    """
+    if value is None and allow_none:
+        return None
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        what = "a non-negative int" if allow_zero else "a positive int"
+        raise InvalidInputError(f"{argument} must be {what}{' or None' if allow_none else ''}, got "
+                                f"{type(value).__name__} {value!r:.40}.")
+    return int(value)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
     """Yield index arrays of batches over items sorted longest first, so each batch pads little.
 
     Raises:
-        ValueError: batch_size < 1.
+        InvalidInputError (a ValueError): batch_size is not a positive int.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
     # numpy's default sort, as sentence-transformers' encode sorts: the batches are the very same ones, which
     # matters for modules whose output depends on a text's batch mates (CNN reads the padding positions).
     order = np.argsort(-np.asarray(lengths, dtype=np.int64))

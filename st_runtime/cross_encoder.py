@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from st_runtime.base import ExportedModel, length_sorted_batches, progress
+from st_runtime.base import ExportedModel, check_positive_int, check_text, length_sorted_batches, progress
 from st_runtime.errors import InvalidInputError
 
 Pair = tuple[str, str]
@@ -68,6 +68,8 @@ def check_pairs(inputs: Any, argument: str = "inputs") -> tuple[list[Pair], bool
     if isinstance(inputs, str):
         raise InvalidInputError(f"{argument} is a single string ({inputs!r:.40}); a cross-encoder scores pairs: "
                                 "pass (query, document) or a list of such pairs.")
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"{argument} is bytes, not a pair of strings: decode the texts to str first.")
     if isinstance(inputs, np.ndarray):
         inputs = inputs.tolist()
     if not isinstance(inputs, Sequence):
@@ -83,9 +85,7 @@ def check_pairs(inputs: Any, argument: str = "inputs") -> tuple[list[Pair], bool
             raise InvalidInputError(f"{where} is {type(item).__name__} ({item!r:.60}), not a pair; every item must be "
                                     "a (text, text) tuple or list of two strings.")
         for side, text in enumerate(item):
-            if not isinstance(text, str):
-                raise InvalidInputError(f"{where}[{side}] is {type(text).__name__} ({text!r:.40}), not a string; "
-                                        "both texts of a pair must be str (convert numbers, drop None).")
+            check_text(text, f"{where}[{side}]")  # a str of valid Unicode; bytes are told to decode
         pairs.append((item[0], item[1]))
     return pairs, single
 
@@ -104,6 +104,14 @@ class CrossEncoder(ExportedModel):
     def num_labels(self) -> int:
         """Scores per pair: 1 for rerankers (a relevance score), more for pair classifiers (e.g. NLI)."""
         return int(self.manifest.task_config.get("num_labels", 1))
+
+    @property
+    def sentence_transformers_major(self) -> int:
+        """The sentence-transformers major version the folder was exported with (its manifest records it); predict
+        and rank follow that line where the two differ. Folders that do not record it follow the newest line (6)."""
+        version = self.manifest.versions.get("sentence-transformers", "")
+        major = version.split(".", 1)[0]
+        return int(major) if major.isdigit() else 6
 
     @property
     def activation_fn(self) -> str | None:
@@ -137,8 +145,9 @@ class CrossEncoder(ExportedModel):
             activation_fn: None for the model's own activation (sigmoid for one label, else identity, unless the
                 model saved another); or a name ("identity", "sigmoid", "softmax", "tanh", "relu") or a numpy
                 function, applied to the raw logits instead.
-            apply_softmax: softmax over the labels after the activation. As in sentence-transformers, it is applied
-                whatever num_labels is, so with one label every score becomes 1.0.
+            apply_softmax: softmax over the labels after the activation. For one-label models it follows the
+                sentence-transformers line the folder was exported with: 6.x squeezes the label axis first, so it
+                changes nothing; 5.x applied it to the single label, so every score became 1.0.
             convert_to_numpy: one array; False gives a list with one score (or label vector) per pair.
             convert_to_tensor: not available without torch; raises.
 
@@ -166,7 +175,7 @@ class CrossEncoder(ExportedModel):
                 batch_scores = self._run(self.tokenizer.encode([pairs[i] for i in index]), [output])[0]
                 if activation is not None:
                     batch_scores = np.asarray(activation(batch_scores))
-                if apply_softmax and batch_scores.ndim > 1:
+                if apply_softmax and batch_scores.ndim > 1 and (self.num_labels > 1 or self.sentence_transformers_major < 6):
                     batch_scores = ACTIVATIONS["softmax"](batch_scores)
                 if scores is None:
                     scores = np.empty((len(pairs), *batch_scores.shape[1:]), dtype=batch_scores.dtype)
@@ -206,36 +215,39 @@ class CrossEncoder(ExportedModel):
                 convert_to_tensor: as in `predict`.
 
         Returns:
-            [{"corpus_id": index in documents, "score": numpy float32, ["text": document]}, ...] sorted by score,
-            highest first (ties keep document order), as sentence-transformers returns it.
+            [{"corpus_id": index in documents, "score": score, ["text": document]}, ...] sorted by score, highest
+            first (ties keep document order), as sentence-transformers returns it: the score is a Python float for
+            folders exported with sentence-transformers 6, a numpy float32 for those exported with 5.x.
 
         Raises:
-            InvalidInputError: query is not a string, or documents is not a list of strings.
-            ValueError: the model has more than one label (rank needs one score per document), or top_k < 0.
+            InvalidInputError: query is not a string, documents is not a list of strings (of valid Unicode), or top_k
+                is not None or a non-negative int (it is a ValueError too).
+            ValueError: the model has more than one label (rank needs one score per document).
         """
         if self.num_labels != 1:
             raise ValueError("CrossEncoder.rank() only works for models with num_labels=1. "
                              "Consider using CrossEncoder.predict() with input pairs instead.")
-        if not isinstance(query, str):
-            raise InvalidInputError(f"query is {type(query).__name__} ({query!r:.40}), not a string.")
+        check_text(query, "query")
+        if isinstance(documents, (bytes, bytearray)):
+            raise InvalidInputError("documents is bytes, not a list of strings: decode it to str first and wrap it "
+                                    "in a list.")
         if isinstance(documents, str) or documents is None:
             raise InvalidInputError(f"documents must be a list of strings, got {type(documents).__name__}; "
                                     "wrap a single document in a list.")
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k must be None or a non-negative integer, got {top_k}.")
+        top_k = check_positive_int(top_k, "top_k", allow_none=True, allow_zero=True)  # 0: [], as sentence-transformers
         if isinstance(documents, np.ndarray):
             documents = documents.tolist()
         if not isinstance(documents, Sequence):
             raise InvalidInputError(f"documents must be a list of strings, got {type(documents).__name__}.")
         for index, document in enumerate(documents):
-            if not isinstance(document, str):
-                raise InvalidInputError(f"documents[{index}] is {type(document).__name__} ({document!r:.40}), not a "
-                                        "string; every document must be a str.")
+            check_text(document, f"documents[{index}]")
         scores = self.predict([(query, document) for document in documents], prompt_name=prompt_name, prompt=prompt,
                               batch_size=batch_size, show_progress_bar=show_progress_bar, activation_fn=activation_fn,
                               apply_softmax=apply_softmax, convert_to_numpy=convert_to_numpy,
                               convert_to_tensor=convert_to_tensor)
         results: list[dict[str, Any]] = []
+        if self.sentence_transformers_major >= 6:
+            scores = np.asarray(scores).tolist()
         for corpus_id, score in enumerate(scores):
             results.append({"corpus_id": corpus_id, "score": score})
             if return_documents:

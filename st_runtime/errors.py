@@ -19,8 +19,9 @@ class ModelFileError(StRuntimeError, ValueError):
     """A file the manifest lists is missing, truncated or does not match its recorded sha256."""
 
 
-class InvalidInputError(StRuntimeError, TypeError):
-    """An argument to encode/predict is of the wrong type or value."""
+class InvalidInputError(StRuntimeError, TypeError, ValueError):
+    """An argument to encode/predict is of the wrong type or value (a TypeError and a ValueError, so either
+    `except` that sentence-transformers code uses catches it)."""
 
 
 class ProviderError(StRuntimeError, RuntimeError):

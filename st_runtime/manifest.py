@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from st_runtime.errors import ManifestError, ModelFileError
+from st_runtime.manifest_checks import check_manifest_data
 
 MANIFEST_NAME = "st_runtime.json"
 FORMAT_VERSION = 1
@@ -187,18 +189,24 @@ class Manifest:
         """Parse manifest JSON text.
 
         Raises:
-            ManifestError: the text is not valid JSON, misses fields, or has an unknown format_version.
+            ManifestError: the text is not valid JSON or not an object, has an unknown format_version, or a field is
+                missing or malformed (a wrong type, a non-positive length or dimension, no variants; the message
+                names the field).
         """
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of 5000 digits, deep nesting
             raise ManifestError(f"{MANIFEST_NAME} is not valid JSON ({exc}). Re-export the model.") from exc
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version not in SUPPORTED_FORMAT_VERSIONS:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{MANIFEST_NAME} holds a JSON {type(data).__name__}, not an object: it is not a "
+                                "manifest written by st-export. Re-export the model.")
+        version = data.get("format_version")
+        if isinstance(version, bool) or version not in SUPPORTED_FORMAT_VERSIONS:
             raise ManifestError(
                 f"{MANIFEST_NAME} has format_version {version!r}; this st_runtime reads {SUPPORTED_FORMAT_VERSIONS}. "
                 "Upgrade st-runtime or re-export the model with this version."
             )
+        check_manifest_data(data)
         try:
             data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
             data["variants"] = tuple(Variant(**v) for v in data["variants"])
@@ -233,7 +241,59 @@ def load_manifest(folder: str | Path) -> Manifest:
             f"{str(folder)!r} has no {MANIFEST_NAME}, so it is not a folder written by st-export. "
             f"Export the model first: st-export MODEL -o {folder}"
         )
-    return Manifest.from_json(path.read_text(encoding="utf-8"))
+    try:
+        path = folder_file(folder, MANIFEST_NAME, entry="the manifest")
+    except ModelFileError as exc:
+        raise ManifestError(str(exc)) from exc
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{MANIFEST_NAME} in {str(folder)!r} is not UTF-8 text ({exc}), so it is not a manifest "
+                            "written by st-export. Re-export the model.") from exc
+    return Manifest.from_json(text)
+
+
+def folder_file(folder: str | Path, relative: Any, *, entry: str) -> Path:
+    """The file that a manifest entry names, checked before anything opens it: the path resolves (symlinks followed)
+    inside `folder`, and is a regular file (never a FIFO, a device or a folder).
+
+    Every path the runtime takes from a manifest goes through here, with or without sha256 verification, so an
+    exported folder cannot make the runtime read, hash or wait on anything outside it.
+
+    Args:
+        folder: the exported folder.
+        relative: the path the manifest gives, relative to the folder ("onnx/model.onnx").
+        entry: the manifest entry that names it, for the message ("tokenizer.file", "variants['fp32'].file").
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        ModelFileError: the path is not a relative path, does not exist, resolves outside the folder, or is not a
+            regular file; the message names the entry and the path.
+    """
+    where = f"{entry} in {MANIFEST_NAME} ({relative!r})"
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise ModelFileError(f"{where} is not a file name. Re-export the model.")
+    if PurePosixPath(relative).is_absolute() or PureWindowsPath(relative).anchor:
+        raise ModelFileError(f"{where} is an absolute path; a manifest names files relative to its folder, and the "
+                             "runtime reads nothing outside it. Re-export the model.")
+    try:
+        root = Path(folder).resolve(strict=True)
+        path = (root / relative).resolve(strict=True)
+    except FileNotFoundError as exc:
+        raise ModelFileError(f"{relative} is missing from {str(folder)!r} ({entry} in {MANIFEST_NAME}). Re-export "
+                             "the model or copy the whole folder.") from exc
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13), a permission error
+        raise ModelFileError(f"{where} cannot be resolved in {str(folder)!r}: {exc}.") from exc
+    if not path.is_relative_to(root):
+        raise ModelFileError(f"{where} resolves to {str(path)!r}, outside the folder {str(root)!r}; the runtime reads "
+                             "nothing outside an exported folder. Re-export the model, or copy the file into the "
+                             "folder instead of linking to it.")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ModelFileError(f"{where} is not a regular file (a folder, FIFO, socket or device); the runtime opens "
+                             "only regular files. Re-export the model.")
+    return path
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 22) -> str:
@@ -258,14 +318,14 @@ def hash_folder(folder: str | Path) -> dict[str, str]:
 def verify_files(folder: str | Path, manifest: Manifest, relative_paths: list[str]) -> None:
     """Check that each listed file exists and matches the sha256 recorded in the manifest.
 
+    Every path is checked with `folder_file` (inside the folder, a regular file) before any file is hashed.
+
     Raises:
-        ModelFileError: a file is missing, unlisted, or its content changed (corrupt or truncated).
+        ModelFileError: a file is missing, outside the folder, not a regular file, unlisted, or its content changed
+            (corrupt or truncated).
     """
-    folder = Path(folder)
-    for rel in relative_paths:
-        path = folder / rel
-        if not path.is_file():
-            raise ModelFileError(f"{rel} is missing from {str(folder)!r}. Re-export the model or copy the whole folder.")
+    paths = [folder_file(folder, rel, entry=f"files[{rel!r}]") for rel in relative_paths]
+    for rel, path in zip(relative_paths, paths, strict=True):
         expected = manifest.files.get(rel)
         if expected is None:
             raise ModelFileError(f"{rel} is not listed in {MANIFEST_NAME}, so it cannot be verified. Re-export the model.")

@@ -8,6 +8,7 @@ one are opened on first use, so a process that only encodes queries never loads 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from st_runtime.backends import Backend, OnnxBackend, OpenVinoBackend
-from st_runtime.manifest import Manifest, Route, Variant, verify_files
+from st_runtime.errors import ManifestError
+from st_runtime.manifest import Manifest, Route, Variant, folder_file, verify_files
 from st_runtime.providers import ProviderSpec
 from st_runtime.tokenizer import Feeds, TextTokenizer
+
+EXTERNAL_DATA_SUFFIX = "_data"  # onnx/model.onnx -> onnx/model.onnx_data, as exporters/onnx_export.py writes it
 
 
 @dataclass(frozen=True)
@@ -61,17 +65,18 @@ def open_graph(
     """Open route `route_name` (None: the top-level graph) of an exported folder, with onnxruntime or, for an
     OpenVINO IR variant, OpenVINO on `device`.
 
+    Every file is checked with `folder_file` (inside the folder, a regular file) before anything is read or hashed,
+    with or without `verify`.
+
     Raises:
-        ManifestError: no such route or variant.
-        ModelFileError: a file is missing, does not match its sha256 (when `verify`), or the engine cannot load it.
+        ManifestError: no such route or variant, or the manifest's embedding_dimension disagrees with the graph.
+        ModelFileError: a file is missing, outside the folder, not a regular file, does not match its sha256 (when
+            `verify`; external data included), or the engine cannot load it.
         ProviderError: a requested provider / device is unavailable.
     """
     route = manifest.route(route_name)
     chosen = route.variant(name=variant, file_name=file_name)
-    files = [chosen.file, route.tokenizer.file]
-    files += [f for f in manifest.files if f.startswith(chosen.file + "_data")]
-    if chosen.backend == "openvino":
-        files.append(str(Path(chosen.file).with_suffix(".bin").as_posix()))
+    files = graph_files(folder, manifest, route_name, chosen)
     if verify:
         verify_files(folder, manifest, files)
     tokenizer = TextTokenizer(folder, route.tokenizer)
@@ -81,7 +86,38 @@ def open_graph(
     else:
         backend = OnnxBackend(folder / chosen.file, providers, intra_op_num_threads=intra_op_num_threads,
                               fallback_to_cpu=fallback_to_cpu)
+    declared = backend.output_dimension("sentence_embedding") if route.embedding_dimension is not None else None
+    if declared is not None and declared != route.embedding_dimension:
+        prefix = f"routing.routes[{route_name!r}]." if route_name is not None else ""
+        raise ManifestError(f"{prefix}embedding_dimension in st_runtime.json is {route.embedding_dimension}, but the "
+                            f"graph {chosen.file} outputs {declared} dimensions. Re-export the model.")
     return Graph(route_name, route, chosen, tokenizer, backend)
+
+
+def graph_files(folder: Path, manifest: Manifest, route_name: str | None, chosen: Variant) -> list[str]:
+    """The files one graph reads, each checked with `folder_file` before anything opens it: the variant's file, the
+    route's tokenizer, an OpenVINO IR's .bin weights and the ONNX external data (the files listed as `<file>_data*`,
+    and the file st-export writes, `<file>_data`, whenever it is there, so that an unlisted one fails verification).
+
+    Raises:
+        ModelFileError: a file is missing, outside the folder or not a regular file; the message names its entry.
+    """
+    route = manifest.route(route_name)
+    prefix = f"routing.routes[{route_name!r}]." if route_name is not None else ""
+    files = {chosen.file: f"{prefix}variants[{chosen.name!r}].file", route.tokenizer.file: f"{prefix}tokenizer.file"}
+    if chosen.backend == "openvino":
+        files[Path(chosen.file).with_suffix(".bin").as_posix()] = f"{prefix}variants[{chosen.name!r}].file (its .bin)"
+    external = chosen.file + EXTERNAL_DATA_SUFFIX
+    for rel in manifest.files:
+        if rel.startswith(external):
+            files.setdefault(rel, f"files[{rel!r}] (external data of {chosen.file})")
+    for rel, entry in files.items():
+        folder_file(folder, rel, entry=entry)
+    # Checked above: chosen.file resolves inside the folder, so its sibling path is inside it too.
+    if chosen.backend != "openvino" and external not in files and os.path.lexists(folder / external):
+        folder_file(folder, external, entry=f"external data of {chosen.file}")
+        files[external] = ""
+    return list(files)
 
 
 class Routes:
@@ -116,6 +152,11 @@ class Routes:
     def opened(self) -> tuple[str, ...]:
         """Routes whose graph is loaded so far (the primary one from the start, the others on first use)."""
         return tuple(self._graphs)
+
+    def opened_graphs(self) -> tuple[Graph, ...]:
+        """The graphs loaded so far, the primary one first."""
+        with self._lock:
+            return (self._primary, *(g for g in self._graphs.values() if g is not self._primary))
 
     def resolve(self, task: str | None) -> str | None:
         """Route name for `task`; None for a model without routes (which ignores the task, as sentence-transformers does).

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from st_runtime.base import TextEncoder, check_texts, length_sorted_batches, progress
+from st_runtime.base import TextEncoder, check_positive_int, check_texts, length_sorted_batches, progress
 from st_runtime.quantization import PRECISIONS, Precision, quantize_embeddings
 from st_runtime.similarity import similarity_functions
 
@@ -18,10 +19,31 @@ class SentenceTransformer(TextEncoder):
     normalize) runs inside one ONNX graph, so `encode` only tokenizes, runs and reorders.
 
     Thread-safe: `encode` may be called from several threads on one instance.
-    See `ExportedModel` for the constructor arguments.
+    See `ExportedModel` for the other constructor arguments.
+
+    Args:
+        truncate_dim: keep only the first `truncate_dim` dimensions of every sentence embedding (Matryoshka models);
+            the default of `encode(truncate_dim=...)`, as in sentence-transformers. Settable later as
+            `model.truncate_dim`.
+
+    Raises:
+        ValueError: truncate_dim is not an int from 1 to the embedding dimension.
     """
 
     task = "sentence-embedding"
+
+    def __init__(self, model_name_or_path: str | Path, *, truncate_dim: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        self.truncate_dim = truncate_dim
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """Default number of leading dimensions `encode` keeps (None: all)."""
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = check_truncate_dim(value, self.manifest.embedding_dimension)
 
     @property
     def similarity_fn_name(self) -> str:
@@ -29,8 +51,11 @@ class SentenceTransformer(TextEncoder):
         return self.manifest.similarity_fn_name or "cosine"
 
     def get_sentence_embedding_dimension(self) -> int | None:
-        """Size of the vectors `encode` returns."""
-        return self.manifest.embedding_dimension
+        """Size of the vectors `encode` returns: the model's dimension, or truncate_dim when that is set."""
+        dimension = self.manifest.embedding_dimension
+        if self.truncate_dim is None:
+            return dimension
+        return self.truncate_dim if dimension is None else min(dimension, self.truncate_dim)
 
     get_embedding_dimension = get_sentence_embedding_dimension
 
@@ -56,6 +81,9 @@ class SentenceTransformer(TextEncoder):
         normalize_embeddings: bool = False,
         truncate_dim: int | None = None,
         task: str | None = None,
+        pool: Any = None,
+        chunk_size: int | None = None,
+        processes: int | None = None,
     ) -> np.ndarray | list[np.ndarray] | list[dict[str, np.ndarray]]:
         """Embed one text or a list of texts.
 
@@ -71,18 +99,31 @@ class SentenceTransformer(TextEncoder):
             convert_to_numpy: one (n, dim) array; False gives a list of 1-D arrays.
             convert_to_tensor: not available without torch; raises.
             normalize_embeddings: scale each sentence embedding to unit length.
-            truncate_dim: keep only the first dimensions (Matryoshka models).
+            truncate_dim: keep only the first dimensions (Matryoshka models); default the model's `truncate_dim`.
             task: picks the route of a Router/Asym model ("query", "document", ...; see `routes`); only that
                 route's graph runs. Models without a Router ignore it, as sentence-transformers does.
+            pool: an EncodePool from `start_multi_process_pool()` (`start_pool()`): the texts are encoded by its
+                worker processes in token-budget batches (sentence embeddings only).
+            chunk_size: with a pool, texts per job in input order instead of token-budget batches.
+            processes: encode on this many worker processes, started and stopped for this call.
 
         Returns:
             (n, dim) array, or (dim,) for a single string input; see output_value for the other forms.
 
         Raises:
             InvalidInputError: inputs is None or holds non-strings.
-            ValueError: unknown prompt_name, output_value, precision or task, a non-positive batch_size, or an
-                output_value the model (route) does not produce.
+            ValueError: unknown prompt_name, output_value, precision or task, a non-positive batch_size, a
+                truncate_dim that is not an int from 1 to the embedding dimension, an output_value the model (route)
+                does not produce, or int8/uint8 precision for a single text (no ranges to calibrate on).
         """
+        if pool is not None or processes is not None:
+            from st_runtime.pool import pool_encode
+
+            return pool_encode(self, inputs, pool=pool, processes=processes, chunk_size=chunk_size,
+                               prompt_name=prompt_name, prompt=prompt, batch_size=batch_size, output_value=output_value,
+                               precision=precision, convert_to_numpy=convert_to_numpy,
+                               convert_to_tensor=convert_to_tensor, normalize_embeddings=normalize_embeddings,
+                               truncate_dim=truncate_dim, task=task)
         if convert_to_tensor:
             raise ValueError("convert_to_tensor needs torch, which st_runtime does not use; the numpy result is "
                              "returned by default (torch.from_numpy converts it without a copy).")
@@ -105,7 +146,8 @@ class SentenceTransformer(TextEncoder):
             texts_in = texts
         outputs = ["sentence_embedding"] if output_value == "sentence_embedding" else ["sentence_embedding",
                                                                                          "token_embeddings"]
-        dimension = graph.route.embedding_dimension or self.get_sentence_embedding_dimension() or 0
+        dimension = graph.route.embedding_dimension or self.manifest.embedding_dimension or 0
+        truncate_dim = check_truncate_dim(self.truncate_dim if truncate_dim is None else truncate_dim, dimension or None)
         sentence = np.zeros((len(texts), dimension), dtype=np.float32)
         per_text: list[dict[str, np.ndarray]] = [{} for _ in texts] if output_value != "sentence_embedding" else []
         batches = list(length_sorted_batches([len(t) for t in texts], batch_size))
@@ -120,7 +162,7 @@ class SentenceTransformer(TextEncoder):
                         mask = feeds["attention_mask"][row]
                         length = int(np.flatnonzero(mask).max()) + 1 if mask.any() else 1
                         per_text[i] = {
-                            "sentence_embedding": result[0][row],
+                            "sentence_embedding": result[0][row, :truncate_dim],
                             "token_embeddings": result[1][row, :length],
                             "input_ids": feeds["input_ids"][row],
                             "attention_mask": mask,
@@ -142,3 +184,52 @@ class SentenceTransformer(TextEncoder):
         if single:
             return sentence[0]
         return sentence if convert_to_numpy else list(sentence)
+
+    def start_multi_process_pool(self, target_devices: list[str] | None = None, *, processes: int | None = None,
+                                 threads_per_process: int | None = None) -> Any:
+        """Start worker processes that encode with this model's folder and variant, as sentence-transformers'
+        `start_multi_process_pool`; pass the result to `encode(..., pool=pool)` and stop it with
+        `stop_multi_process_pool(pool)` (or `pool.close()`, or use it as a context manager).
+
+        Args:
+            target_devices: ["cpu"] * N starts N workers (sentence-transformers' form); GPU workers are chosen with
+                the model's providers instead.
+            processes: number of workers (default: one per core); wins over target_devices.
+            threads_per_process: threads of each worker's session (default: cores // processes).
+
+        Raises:
+            ValueError: a target device other than "cpu".
+        """
+        from st_runtime.pool import start_pool
+
+        if processes is None and target_devices is not None:
+            if any(str(d).split(":")[0] != "cpu" for d in target_devices):
+                raise ValueError(f"target_devices must be 'cpu' entries, got {target_devices}; workers run on the "
+                                 "model's providers (load it with providers='cuda' for GPU workers).")
+            processes = len(target_devices)
+        return start_pool(self, processes=processes, threads_per_process=threads_per_process)
+
+    start_pool = start_multi_process_pool
+
+    @staticmethod
+    def stop_multi_process_pool(pool: Any) -> None:
+        """Stop a pool from `start_multi_process_pool`."""
+        pool.close()
+
+    stop_pool = stop_multi_process_pool
+
+
+def check_truncate_dim(value: int | None, dimension: int | None) -> int | None:
+    """`value` as an int, if it is None or an int from 1 to `dimension` (any positive int when that is unknown).
+
+    sentence-transformers slices `[..., :truncate_dim]`, so -1 silently drops one dimension and values above the
+    dimension are ignored; here those are errors.
+
+    Raises:
+        ValueError: anything else (InvalidInputError, also a ValueError, for a non-int or non-positive value).
+    """
+    value = check_positive_int(value, "truncate_dim", allow_none=True)
+    if value is not None and dimension and value > dimension:
+        raise ValueError(f"truncate_dim must be None or an int from 1 to {dimension} (the embedding dimension), got "
+                         f"{value}.")
+    return value

@@ -6,11 +6,26 @@ from collections.abc import Callable
 
 import numpy as np
 
+from st_runtime.errors import InvalidInputError
+
 Array = np.ndarray
 
 
+def _as_float(a: Array | list) -> Array:
+    """As sentence-transformers converts: float64 stays float64, anything else (lists, float16, ints) is float32.
+
+    Raises:
+        InvalidInputError: sparse embeddings (scipy or SparseEmbeddings), which these dense functions do not take.
+    """
+    if hasattr(a, "tocsr") or type(a).__name__ == "SparseEmbeddings":
+        raise InvalidInputError(f"Expected dense embeddings, got {type(a).__name__}: compare sparse embeddings with "
+                                "SparseEncoder.similarity / similarity_pairwise, or densify them with .toarray().")
+    a = np.asarray(a)
+    return a if a.dtype == np.float64 else a.astype(np.float32, copy=False)
+
+
 def _as_2d(a: Array | list) -> Array:
-    a = np.asarray(a, dtype=np.float32)
+    a = _as_float(a)
     return a[None, :] if a.ndim == 1 else a
 
 
@@ -41,23 +56,23 @@ def manhattan_sim(a: Array, b: Array) -> Array:
 
 
 def pairwise_cos_sim(a: Array, b: Array) -> Array:
-    """res[i] = cosine(a[i], b[i])."""
-    return (_normalize(_as_2d(a)) * _normalize(_as_2d(b))).sum(-1)
+    """res[i] = cosine(a[i], b[i]); 1-D inputs give a 0-d result, as in sentence-transformers."""
+    return (_normalize(_as_float(a)) * _normalize(_as_float(b))).sum(-1)
 
 
 def pairwise_dot_score(a: Array, b: Array) -> Array:
-    """res[i] = a[i] . b[i]."""
-    return (_as_2d(a) * _as_2d(b)).sum(-1)
+    """res[i] = a[i] . b[i]; 1-D inputs give a 0-d result, as in sentence-transformers."""
+    return (_as_float(a) * _as_float(b)).sum(-1)
 
 
 def pairwise_euclidean_sim(a: Array, b: Array) -> Array:
     """res[i] = -||a[i] - b[i]||_2."""
-    return -np.sqrt(((_as_2d(a) - _as_2d(b)) ** 2).sum(-1))
+    return -np.sqrt(((_as_float(a) - _as_float(b)) ** 2).sum(-1))
 
 
 def pairwise_manhattan_sim(a: Array, b: Array) -> Array:
     """res[i] = -||a[i] - b[i]||_1."""
-    return -np.abs(_as_2d(a) - _as_2d(b)).sum(-1)
+    return -np.abs(_as_float(a) - _as_float(b)).sum(-1)
 
 
 SIMILARITY_FUNCTIONS: dict[str, tuple[Callable[[Array, Array], Array], Callable[[Array, Array], Array]]] = {

@@ -228,6 +228,40 @@ def sparse_similarity(name: str, embeddings1: Any, embeddings2: Any, *, pairwise
     return out
 
 
+def intersection(embeddings_1: Any, embeddings_2: Any) -> Any:
+    """embeddings_1 * embeddings_2 (each row of a 2-D embeddings_2) keeping only the products > 0, i.e. the dimensions
+    active in both, as sentence-transformers' SparseEncoder.intersection.
+
+    Args:
+        embeddings_1: one sparse embedding (1-D), in any form `to_csr` accepts.
+        embeddings_2: one embedding (1-D) or several (2-D) of the same dimension.
+
+    Returns:
+        Shaped like embeddings_2: a scipy csr_array when either input is scipy sparse, else SparseEmbeddings.
+
+    Raises:
+        ValueError: embeddings_1 is not 1-D, or the dimensions differ.
+    """
+    a, a_1d = to_csr(embeddings_1)
+    if not a_1d:
+        raise ValueError(f"Expected one embedding (1-D) for embeddings_1, got shape {tuple(a.shape)}.")
+    b, b_1d = to_csr(embeddings_2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"Vocab dimension mismatch: embeddings_1 has {a.shape[1]}, embeddings_2 has {b.shape[1]}.")
+    a_indices, a_data = a.row(0)  # ascending: to_csr sorts and sums duplicates
+    position = np.searchsorted(a_indices, b.indices)  # where each non-zero of b would sit among a's
+    shared = position < len(a_indices)
+    shared[shared] = a_indices[position[shared]] == b.indices[shared]
+    products = np.zeros(len(b.data), dtype=np.result_type(a.data, b.data))
+    products[shared] = a_data[position[shared]] * b.data[shared]
+    keep = products > 0
+    counts = np.bincount(_row_ids(b)[keep], minlength=len(b))
+    result = SparseEmbeddings(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), b.indices[keep],
+                              products[keep], b.shape)
+    result = result[0] if b_1d else result
+    return as_format(result, scipy_sparse(required=True)) if _is_scipy(embeddings_1) or _is_scipy(embeddings_2) else result
+
+
 def keep_top_k(scores: np.ndarray, k: int | None) -> np.ndarray:
     """Zero all but the k largest |weights| of each row, as sentence-transformers' select_max_active_dims."""
     if k is None or k >= scores.shape[1]:

@@ -13,10 +13,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from st_runtime.base import TextEncoder, check_texts, length_sorted_batches, progress
-from st_runtime.sparse import SparseEmbeddings, as_format, keep_top_k, scipy_sparse, sparse_similarity, to_csr
+from st_runtime.base import TextEncoder, check_positive_int, check_texts, length_sorted_batches, progress
+from st_runtime.manifest import folder_file
+from st_runtime.sparse import SparseEmbeddings, as_format, intersection, keep_top_k, scipy_sparse, sparse_similarity, to_csr
 
 SparseFormat = Literal["auto", "scipy", "numpy"]
+
+# A SPLADE graph makes the MLM logits, a float32 (rows, tokens, vocab) tensor, before pooling them over the tokens, and
+# onnxruntime's arena holds about four times that at its peak (32 texts of 512 tokens: 2 GB of logits, 8 GB of RSS).
+# A batch therefore runs in slices of rows whose logits stay under this size; see docs/sparse-encoder.md for the
+# measurements behind it.
+LOGITS_BUDGET_BYTES = 64 * 2**20
 
 
 class SparseEncoder(TextEncoder):
@@ -107,7 +114,8 @@ class SparseEncoder(TextEncoder):
         batches = list(length_sorted_batches([len(t) for t in texts_in], batch_size))
         with progress(len(batches), show_progress_bar) as bar:
             for index in batches:
-                scores = graph.run(graph.tokenizer.encode([texts_in[i] for i in index]), ["sentence_embedding"])[0]
+                feeds = graph.tokenizer.encode([texts_in[i] for i in index])
+                scores = run_in_slices(graph, feeds, dim if "pooling_strategy" in graph.route.task_config else 0)
                 scores = keep_top_k(scores, top_k)
                 for row, i in enumerate(index):
                     (nonzero,) = np.nonzero(scores[row])
@@ -137,10 +145,10 @@ class SparseEncoder(TextEncoder):
             A list of (token, weight) for a 1-D embedding; a list of such lists for a 2-D one.
 
         Raises:
-            ValueError: top_k is not positive, or the embeddings are not 1-D/2-D or wider than the vocabulary.
+            ValueError: top_k is not a positive int (InvalidInputError), or the embeddings are not 1-D/2-D or wider
+                than the vocabulary.
         """
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be a positive integer, got {top_k}.")
+        top_k = check_positive_int(top_k, "top_k", allow_none=True)
         csr, was_1d = to_csr(embeddings)
         vocabulary = self._token_strings()
         if csr.shape[1] > len(vocabulary):
@@ -151,6 +159,24 @@ class SparseEncoder(TextEncoder):
             order = np.argsort(-values, kind="stable")[:top_k]
             results.append([(vocabulary[t], w) for t, w in zip(indices[order].tolist(), values[order].tolist(), strict=True)])
         return results[0] if was_1d else results
+
+    @staticmethod
+    def intersection(embeddings_1: Any, embeddings_2: Any) -> Any:
+        """The dimensions active in both embeddings, weighted by the product of their weights, as
+        sentence-transformers' SparseEncoder.intersection (useful with `decode` to see which tokens matched).
+
+        Args:
+            embeddings_1: one embedding (1-D): scipy sparse, SparseEmbeddings or dense.
+            embeddings_2: one embedding (1-D) or a batch (2-D) of the same vocabulary size.
+
+        Returns:
+            Sparse, shaped like embeddings_2: a scipy csr_array when either input is scipy sparse, else
+            st_runtime.SparseEmbeddings.
+
+        Raises:
+            ValueError: embeddings_1 is not 1-D, embeddings_2 not 1-D/2-D, or their vocabulary sizes differ.
+        """
+        return intersection(embeddings_1, embeddings_2)
 
     @staticmethod
     def sparsity(embeddings: Any) -> dict[str, float]:
@@ -171,7 +197,8 @@ class SparseEncoder(TextEncoder):
         if self._vocabulary is None:
             from tokenizers import Tokenizer
 
-            vocab = Tokenizer.from_file(str(self.folder / self.manifest.tokenizer.file)).get_vocab(with_added_tokens=True)
+            path = folder_file(self.folder, self.manifest.tokenizer.file, entry="tokenizer.file")
+            vocab = Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
             strings: list[str | None] = [None] * max(self.get_embedding_dimension(), max(vocab.values(), default=-1) + 1)
             for token, token_id in vocab.items():
                 strings[token_id] = token
@@ -180,7 +207,19 @@ class SparseEncoder(TextEncoder):
 
 
 
+def run_in_slices(graph: Any, feeds: dict[str, np.ndarray], vocab_size: int,
+                  budget: int | None = None) -> np.ndarray:
+    """Run `graph` on a tokenized batch in slices of rows whose (rows, tokens, vocab_size) float32 logits stay under
+    `budget` bytes (default LOGITS_BUDGET_BYTES; vocab_size 0: in one run). Each row keeps the batch's padded length,
+    so every row gets exactly the inputs, and the output, of one run over the whole batch."""
+    rows, tokens = feeds["input_ids"].shape
+    budget = LOGITS_BUDGET_BYTES if budget is None else budget
+    step = rows if vocab_size <= 0 else max(1, budget // (tokens * vocab_size * 4 or 1))
+    if step >= rows:
+        return graph.run(feeds, ["sentence_embedding"])[0]
+    return np.concatenate([graph.run({name: value[start : start + step] for name, value in feeds.items()},
+                                     ["sentence_embedding"])[0] for start in range(0, rows, step)])
+
+
 def _check_max_active_dims(value: int | None) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
-        raise ValueError(f"max_active_dims must be a positive integer or None, got {value!r}.")
-    return None if value is None else int(value)
+    return check_positive_int(value, "max_active_dims", allow_none=True)

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from st_runtime.manifest import TokenizerSpec
+from st_runtime.errors import ModelFileError
+from st_runtime.long_texts import LongTextCutter
+from st_runtime.manifest import TokenizerSpec, folder_file
 
 Feeds = dict[str, np.ndarray]
 
@@ -16,12 +18,18 @@ Feeds = dict[str, np.ndarray]
 class TextTokenizer:
     """Pads to the longest text of a batch and truncates at `max_seq_length` (when set), as sentence-transformers does.
 
-    Thread-safe: the configuration is fixed at construction and `encode` only reads it.
+    Thread-safe: `encode` only reads the configuration; `set_max_seq_length` swaps in a reconfigured copy, so a call
+    already running keeps the settings it started with.
     """
 
     def __init__(self, folder: str | Path, spec: TokenizerSpec) -> None:
         self.spec = spec
-        self._tokenizer = Tokenizer.from_file(str(Path(folder) / spec.file))
+        path = folder_file(folder, spec.file, entry="tokenizer.file")  # inside the folder, a regular file
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ModelFileError(f"tokenizers could not load {spec.file} ({exc}): the file is corrupt or not a "
+                                 "tokenizer.json. Re-export the model.") from exc
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         if spec.max_seq_length is not None:  # None: the source model never truncates (StaticEmbedding)
@@ -32,10 +40,29 @@ class TextTokenizer:
             direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token, pad_type_id=0
         )
         self._prompt_lengths: dict[str, int] = {}
+        self._cutter = LongTextCutter(self._tokenizer)  # long texts cut before tokenizing, same tokens
+
+    @property
+    def max_seq_length(self) -> int | None:
+        """Texts are truncated to this many tokens (None: never truncated)."""
+        truncation = self._tokenizer.truncation
+        return None if truncation is None else int(truncation["max_length"])
+
+    def set_max_seq_length(self, max_seq_length: int) -> None:
+        """Truncate the texts of later `encode` calls at `max_seq_length` tokens (callers check the value against
+        the graph's limit)."""
+        tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
+        tokenizer.enable_truncation(max_length=max_seq_length, strategy="longest_first",
+                                    direction=self.spec.truncation_side)
+        self._tokenizer, self._prompt_lengths = tokenizer, {}
 
     def encode(self, texts: list[str] | list[tuple[str, str]]) -> Feeds:
         """Tokenize a batch of texts (or text pairs) into int64 arrays of shape (batch, longest)."""
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
+        tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
+        truncation = tokenizer.truncation
+        if truncation is not None and not truncation["stride"]:
+            texts = self._cutter.cut(texts, truncation["max_length"], truncation["direction"])
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
         return {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import tiny_tokenizer
 
 torch = pytest.importorskip("torch", reason="the export extra is needed for these tests")
 from sentence_transformers import SentenceTransformer  # noqa: E402
@@ -63,18 +64,10 @@ def bert_vocab(minilm_dir: Path) -> Path:
 
 def build_tiny_transformer(folder: Path, vocab: Path, arch: str = "bert", max_position: int = 64, seed: int = 0) -> None:
     """Save a 2-layer random-weight BERT or DistilBERT (no token_type_ids) with a real tokenizer to `folder`."""
-    from transformers import (
-        BertConfig,
-        BertModel,
-        BertTokenizerFast,
-        DistilBertConfig,
-        DistilBertModel,
-        DistilBertTokenizerFast,
-    )
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
     torch.manual_seed(seed)
-    tokenizer_class = DistilBertTokenizerFast if arch == "distilbert" else BertTokenizerFast
-    tokenizer = tokenizer_class(vocab_file=str(vocab), model_max_length=max_position)
+    tokenizer = tiny_tokenizer(vocab, arch=arch, model_max_length=max_position)
     if arch == "bert":
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=max_position)
@@ -93,11 +86,11 @@ def build_tiny_transformer(folder: Path, vocab: Path, arch: str = "bert", max_po
 def mlm_dir(tmp_path_factory: pytest.TempPathFactory, bert_vocab: Path) -> Path:
     """A 2-layer random BertForMaskedLM with the real BERT vocabulary; the output bias is lowered so that, like a
     trained SPLADE model, only about 140 of the 30522 vocabulary weights of a text are non-zero."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM
 
     folder = tmp_path_factory.mktemp("tiny-mlm")
     torch.manual_seed(0)
-    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab), model_max_length=64)
+    tokenizer = tiny_tokenizer(bert_vocab, model_max_length=64)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
     model = BertForMaskedLM(config)

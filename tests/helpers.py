@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import st_runtime
 
 FP32_ATOL = 1e-5
+
+# sentence-transformers' own backend="onnx" / "openvino" need optimum-onnx / optimum-intel, which cap transformers
+# below 4.58 / 5.6: they install on the sentence-transformers 5 line only (scripts/setup.sh --line st5). CI runs that
+# line with ST_RUNTIME_REQUIRE_PEERS=1, where their absence is an error instead of a skip.
+HAS_ST_BACKEND = importlib.util.find_spec("optimum") is not None
+if os.environ.get("ST_RUNTIME_REQUIRE_PEERS") == "1" and not HAS_ST_BACKEND:
+    raise RuntimeError("ST_RUNTIME_REQUIRE_PEERS=1 but optimum is not installed: run scripts/setup.sh --line st5.")
+requires_st_backend = pytest.mark.skipif(
+    not HAS_ST_BACKEND, reason="sentence-transformers' ONNX/OpenVINO backends need optimum, which installs only on the "
+                               "sentence-transformers 5 line (scripts/setup.sh --line st5; CI runs it there)")
 
 
 def assert_bi_encoder_parity(reference, folder: Path, texts: list[str], atol: float = FP32_ATOL, **kwargs) -> float:
@@ -20,3 +33,29 @@ def assert_bi_encoder_parity(reference, folder: Path, texts: list[str], atol: fl
     diff = float(np.abs(actual.astype(np.float64) - expected).max()) if expected.size else 0.0
     assert diff <= atol, f"max abs diff {diff:.3g} > {atol:g}"
     return diff
+
+
+def tiny_tokenizer(vocab_file: Path, *, arch: str = "bert", model_max_length: int = 64,
+                   model_input_names: list[str] | None = None):
+    """A fast WordPiece tokenizer on a real vocab.txt, built the way both transformers lines honour.
+
+    In transformers 5, `BertTokenizerFast(vocab_file=...)` ignores the file and builds a 5-token vocabulary, so
+    every text becomes [UNK]; `from_pretrained` on a folder holding the vocab.txt reads it on both lines. The
+    vocabulary size is asserted, so a fixture can never silently run on all-[UNK] input.
+    """
+    import shutil
+    import tempfile
+
+    from transformers import BertTokenizerFast, DistilBertTokenizerFast
+
+    tokenizer_class = DistilBertTokenizerFast if arch == "distilbert" else BertTokenizerFast
+    kwargs = {"model_input_names": model_input_names} if model_input_names else {}
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(vocab_file, Path(folder) / "vocab.txt")
+        tokenizer = tokenizer_class.from_pretrained(folder, model_max_length=model_max_length, **kwargs)
+    expected = len(Path(vocab_file).read_text(encoding="utf-8").splitlines())
+    assert len(tokenizer) == expected, f"tokenizer has {len(tokenizer)} tokens, {vocab_file} has {expected}"
+    assert tokenizer.is_fast
+    ids = tokenizer("hello world")["input_ids"]
+    assert tokenizer.unk_token_id not in ids, f"'hello world' tokenized to unknown tokens: {ids}"
+    return tokenizer

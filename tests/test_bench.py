@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import HAS_ST_BACKEND
 
 from bench import quality, regression, report, workloads
 from bench.cli import EXIT_REGRESSION
@@ -267,9 +268,14 @@ def test_st_bench_end_to_end_on_a_tiny_model(tiny_source_and_folder, tmp_path):
     rows = {r["id"]: r for r in document["rows"]}
     assert document["reference"] == "st:torch" and document["settings"]["threads"] == 1
     int8 = next(v.name for v in __import__("st_runtime").load_manifest(folder).variants if v.precision == "int8")
-    expected_ok = {"st:torch", "st:onnx", "st_runtime:fp32", f"st_runtime:{int8}"}
+    expected_ok = {"st:torch", "st_runtime:fp32", f"st_runtime:{int8}"} | ({"st:onnx"} if HAS_ST_BACKEND else set())
     assert expected_ok <= {i for i, r in rows.items() if r["status"] == "ok"}, {i: r.get("note") for i, r in rows.items()}
-    assert any(i.startswith("st:onnx:") and r["status"] == "ok" for i, r in rows.items())  # sentence-transformers' int8
+    st_int8 = [r for i, r in rows.items() if i.startswith("st:onnx:")]  # sentence-transformers' own int8
+    if HAS_ST_BACKEND:
+        assert any(r["status"] == "ok" for r in st_int8)
+    else:  # the peer rows say why they are missing instead of failing the run
+        assert rows["st:onnx"]["status"] == "skipped" and "optimum" in rows["st:onnx"]["note"]
+        assert st_int8 and all(r["status"] == "skipped" for r in st_int8)
     assert "st:openvino" not in rows
     for row_id in expected_ok:
         m = rows[row_id]["metrics"]
@@ -281,7 +287,8 @@ def test_st_bench_end_to_end_on_a_tiny_model(tiny_source_and_folder, tmp_path):
     assert rows["st:torch"]["metrics"]["speedup"] == 1.0
     assert rows["st:torch"]["metrics"]["accuracy"]["mean_cosine"] == pytest.approx(1.0)
     assert rows["st_runtime:fp32"]["metrics"]["accuracy"]["min_cosine"] > 0.99999  # same model, same texts
-    assert rows["st:onnx"]["metrics"]["accuracy"]["min_cosine"] > 0.99999
+    if HAS_ST_BACKEND:
+        assert rows["st:onnx"]["metrics"]["accuracy"]["min_cosine"] > 0.99999
     assert rows[f"st_runtime:{int8}"]["metrics"]["peak_precision"] == "int8"
     assert document["workload"]["texts"] == 24 and document["flops"]["weight_flops_per_token"] > 0
     assert Path(str(out) + ".png").stat().st_size > 1000
@@ -296,13 +303,14 @@ def test_st_bench_end_to_end_on_a_tiny_model(tiny_source_and_folder, tmp_path):
 def tiny_reranker_and_splade(tmp_path_factory, bert_vocab):
     """A tiny exported cross-encoder and a tiny exported SPLADE model."""
     import torch
+    from helpers import tiny_tokenizer
     from sentence_transformers import CrossEncoder, SparseEncoder
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
     root = tmp_path_factory.mktemp("bench-kinds")
-    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab), model_max_length=64)
+    tokenizer = tiny_tokenizer(bert_vocab, model_max_length=64)
     sizes = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 64}
     torch.manual_seed(0)

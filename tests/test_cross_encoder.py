@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import FP32_ATOL
+from helpers import FP32_ATOL, requires_st_backend, tiny_tokenizer
 from sentence_transformers import CrossEncoder
 
 import st_runtime
@@ -36,7 +36,6 @@ def build_tiny_cross_encoder(folder: Path, vocab: Path, *, arch: str, num_labels
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
-        BertTokenizerFast,
         RobertaConfig,
         RobertaForSequenceClassification,
     )
@@ -45,12 +44,11 @@ def build_tiny_cross_encoder(folder: Path, vocab: Path, *, arch: str, num_labels
     sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
              "num_labels": num_labels, "initializer_range": INITIALIZER_RANGE}
     if arch == "bert":
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab), model_max_length=max_position)
+        tokenizer = tiny_tokenizer(vocab, model_max_length=max_position)
         model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=max_position,
                                                          **sizes))
     elif arch == "roberta":
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab), model_max_length=max_position,
-                                      model_input_names=["input_ids", "attention_mask"])
+        tokenizer = tiny_tokenizer(vocab, model_max_length=max_position, model_input_names=["input_ids", "attention_mask"])
         # RoBERTa numbers positions from pad_token_id + 1, so it needs two more position embeddings.
         config = RobertaConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=max_position + 2,
                                pad_token_id=tokenizer.pad_token_id, type_vocab_size=1, **sizes)
@@ -316,6 +314,7 @@ def test_cli_exports_saved_and_plain_transformers_folders(tiny_cross_encoder_dir
         assert_close(model.predict(pairs, show_progress_bar=False), reference.predict(pairs, show_progress_bar=False))
 
 
+@requires_st_backend
 def test_sentence_transformers_onnx_backend_loads_the_folder(exported, pairs):
     reference, folder = exported("bert", 1)
     backend = CrossEncoder(str(folder), backend="onnx", device="cpu", model_kwargs={"provider": "CPUExecutionProvider"})
@@ -350,3 +349,28 @@ def test_runtime_runs_where_torch_cannot_be_imported(exported, pairs):
     assert_close(np.array(payload["scores"], dtype=np.float32), reference.predict(chosen, show_progress_bar=False))
     expected = reference.rank(chosen[0][0], [d for _, d in chosen])
     assert payload["ranked"] == [r["corpus_id"] for r in expected]
+
+
+def test_one_label_softmax_and_rank_scores_follow_the_exporting_line(exported, pairs, tmp_path):
+    """sentence-transformers 6 squeezes a one-label model's scores before apply_softmax (a no-op) and returns Python
+    floats from rank; 5.x applied the softmax (every score 1.0) and returned numpy floats. The runtime follows the
+    line recorded in the manifest, whichever line runs it."""
+    import shutil
+
+    reference, folder = exported("bert", 1)
+    installed = int(st_runtime.load_manifest(folder).versions["sentence-transformers"].split(".")[0])
+    assert installed == int(__import__("sentence_transformers").__version__.split(".")[0])
+    expected = reference.predict(pairs[:8], apply_softmax=True, show_progress_bar=False)
+    assert_close(st_runtime.CrossEncoder(folder).predict(pairs[:8], apply_softmax=True, show_progress_bar=False), expected)
+    plain = reference.predict(pairs[:8], show_progress_bar=False)
+    for major, softmax_scores, score_type in ((5, np.ones(8, dtype=np.float32), np.float32), (6, plain, float)):
+        copy = tmp_path / f"st{major}"
+        shutil.copytree(folder, copy)
+        manifest_path = copy / "st_runtime.json"
+        data = json.loads(manifest_path.read_text())
+        data["versions"]["sentence-transformers"] = f"{major}.1.0"
+        manifest_path.write_text(json.dumps(data))
+        model = st_runtime.CrossEncoder(copy)
+        assert model.sentence_transformers_major == major
+        assert_close(model.predict(pairs[:8], apply_softmax=True, show_progress_bar=False), softmax_scores)
+        assert {type(r["score"]) for r in model.rank("query", ["a", "b c"])} == {score_type}

@@ -33,6 +33,24 @@ def test_include_prompt_false_excludes_prompt_tokens(tiny_bi_encoder, tmp_path, 
     assert_bi_encoder_parity(model, tmp_path / "out", sentences[:20], prompt="an ad-hoc prompt: ")
 
 
+def test_weightedmean_rule_follows_the_installed_pooling(tiny_bi_encoder, tmp_path, sentences):
+    """sentence-transformers 6 numbers weightedmean positions from each text's first unmasked token of the mask it
+    was given, and excluding a prompt keeps the text's positions; 5.x numbers them from 0. The exporter finds the
+    installed rule by running Pooling; a multi-mode Pooling (weightedmean in the middle) with and without a prompt
+    matches sentence-transformers either way."""
+    from sentence_transformers import __version__
+
+    from exporters import graphs
+
+    installed_major = int(__version__.split(".")[0])
+    assert graphs.WEIGHTS_START_AT_FIRST_TOKEN is (installed_major >= 6)
+    model = tiny_bi_encoder(pooling_mode=("cls", "weightedmean", "max"), include_prompt=False,
+                            prompts={"query": "query: a long instruction prompt "})
+    export(model, tmp_path / "out")
+    for prompt_name in (None, "query"):
+        assert_bi_encoder_parity(model, tmp_path / "out", sentences, prompt_name=prompt_name)
+
+
 def test_dense_chain_with_normalize(tiny_bi_encoder, tmp_path, sentences):
     dense = ((24, torch.nn.Tanh()), (16, None), (8, torch.nn.ReLU()))
     model = tiny_bi_encoder(pooling_mode="mean", dense=dense, normalize=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_bi_encoder_parity
+from helpers import assert_bi_encoder_parity, requires_st_backend
 from sentence_transformers import SentenceTransformer
 
 import st_runtime
@@ -41,6 +41,7 @@ def test_minilm_long_texts_truncate_at_256_not_128(minilm, sentences):
     assert_bi_encoder_parity(reference, folder, long_texts)
 
 
+@requires_st_backend
 def test_sentence_transformers_onnx_backend_loads_the_folder(minilm, sentences):
     reference, folder = minilm
     backend = SentenceTransformer(str(folder), backend="onnx", device="cpu",

@@ -119,7 +119,7 @@ def test_shipped_recipes_load_and_cover_the_offline_models():
     assert set(OFFLINE_RECIPES) <= set(recipes)
     assert {"multi-qa-MiniLM-L6-cos-v1", "paraphrase-multilingual-MiniLM-L12-v2", "all-MiniLM-L12-v2",
             "ms-marco-MiniLM-L6-v2", "splade-v3"} <= set(recipes)
-    assert {r.kind for r in recipes.values()} == {"SentenceTransformer", "CrossEncoder", "SparseEncoder"}
+    assert {r.kind for r in recipes.values()} == {"SentenceTransformer", "CrossEncoder", "SparseEncoder", "MultiVectorEncoder"}
     for name in OFFLINE_RECIPES:
         recipe = recipes[name]
         assert recipe.variants and all(0 < v.min_score <= 1 for v in recipe.variants)
@@ -459,7 +459,7 @@ def test_build_refuses_a_variant_under_its_floor_and_writes_nothing(zoo_env, tin
     recipe = parse_recipe(recipe_data(dimension=32, variants=[{"variant": "int8", "min_score": 1.0}]),
                           zoo_env / "fake-model.json")
     results = zoo_env / "results.jsonl"
-    with pytest.raises(FloorError, match=r"int8 \(qint8_\w+\): score 0\.\d+ < floor 1.0"):
+    with pytest.raises(FloorError, match=r"int8 \(qu?int8_\w+\): score 0\.\d+ < floor 1.0"):
         build(recipe, zoo_env / "out", results_file=results, repeats=1, heldout=varied_sentences(24))
     assert not (zoo_env / "out").exists() and not results.exists()
     assert [p.name for p in zoo_env.iterdir() if p.name.startswith(".out")] == []

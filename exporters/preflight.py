@@ -1,0 +1,169 @@
+"""What st-export checks in a source model folder before anything in it is loaded.
+
+sentence-transformers imports the class that `modules.json` names (5.x imports a repository-local `mymod.MyClass`
+from a local folder without `trust_remote_code`), and transformers runs the code that an `auto_map` points to. So
+the folder's JSON is read here first, as data, and refused when it would make either library run code that is not
+theirs: nothing from the folder is imported, and no weights are read, until these checks pass.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from exporters.errors import ModelLoadError, UnsupportedModelError
+
+# The only module classes a folder may name: sentence-transformers' own (old `sentence_transformers.models.X` and the
+# newer `sentence_transformers.base.modules...` / `sentence_transformer.modules` / `sparse_encoder.modules` paths).
+TRUSTED_PREFIX = "sentence_transformers."
+# Activation functions (Dense "activation_function", CrossEncoder "activation_fn") may name these packages only.
+TRUSTED_CALLABLE_PREFIXES = ("torch.", "sentence_transformers.")
+# Config keys that make transformers (or a pipeline) import code from the repository.
+CODE_HOOKS = ("auto_map", "custom_pipelines", "custom_pipeline")
+ROUTER_CONFIGS = ("router_config.json", "config.json")  # Router's file, then the legacy Asym one
+
+
+def check_source_folder(folder: str | Path) -> None:
+    """Refuse a model folder that would run code of its own, or whose files are unreadable, before it is loaded.
+
+    Checked: every module `type` in `modules.json` (and in each Router's route config) is a sentence-transformers
+    class; every module `path` stays inside the folder; no JSON file holds an `auto_map`, `custom_pipeline(s)` or
+    `trust_remote_code: true`, or an activation function outside torch / sentence-transformers; every JSON file
+    parses; every `*.safetensors` file is complete (header and data length).
+
+    Raises:
+        UnsupportedModelError: a module class or config hook that would import code from outside
+            sentence-transformers / transformers (named, with the file that asks for it).
+        ModelLoadError: a module path that leaves the folder, an invalid JSON file, a truncated safetensors file.
+    """
+    folder = Path(folder)
+    modules_json = folder / "modules.json"
+    if modules_json.is_file():
+        modules = read_json(modules_json)
+        if not isinstance(modules, list):
+            raise ModelLoadError(f"{modules_json} is not a list of modules; save the model again.")
+        for entry in modules:
+            if not isinstance(entry, dict) or "type" not in entry:
+                raise ModelLoadError(f"{modules_json} has an entry without a module type: {entry!r}.")
+            path = _inside(folder, entry.get("path", ""), modules_json)
+            _check_module(folder, path, entry["type"], modules_json)
+    for path in sorted(folder.rglob("*.json")):
+        if _hidden(path, folder) or not path.is_file():
+            continue
+        _check_hooks(read_json(path), path)
+    for path in sorted(folder.rglob("*.safetensors")):
+        if not _hidden(path, folder) and path.is_file():
+            check_safetensors(path)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file of the source model, naming the file when it is not valid UTF-8 JSON.
+
+    Raises:
+        ModelLoadError
+    """
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{path} is not a text file (byte {exc.start} is not UTF-8): the file is corrupt; "
+                             "download or save the model again.") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                             "fix the file, or download or save the model again.") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header or tensor data is cut short (a partial download or copy).
+
+    Raises:
+        ModelLoadError
+    """
+    size = path.stat().st_size
+    problem = None
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            problem = f"it has {size} bytes, fewer than a safetensors header"
+        else:
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                problem = f"its header claims {length} bytes but the file has {size}"
+            else:
+                try:
+                    header = json.loads(fh.read(length).decode("utf-8"))
+                    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError):
+                    problem = "its header is not valid safetensors JSON"
+                else:
+                    if 8 + length + end > size:
+                        problem = f"its tensors need {8 + length + end} bytes but the file has {size}"
+    if problem:
+        raise ModelLoadError(f"{path} is truncated or corrupt ({problem}); download or save the model again.")
+
+
+def _check_module(folder: Path, path: Path, class_ref: Any, config_file: Path) -> None:
+    if not isinstance(class_ref, str) or not class_ref.startswith(TRUSTED_PREFIX):
+        raise UnsupportedModelError(
+            f"{config_file} names the module class {class_ref!r}, which is not part of sentence-transformers; "
+            "st-export never imports code shipped with a model (nothing was imported). Only sentence-transformers' "
+            "own modules can be exported."
+        )
+    if class_ref.rsplit(".", 1)[-1] not in ("Router", "Asym"):
+        return
+    config = next((path / name for name in ROUTER_CONFIGS if (path / name).is_file()), None)
+    if config is None:
+        return  # sentence-transformers reports the missing file when it loads
+    routes = read_json(config)
+    types = routes.get("types") if isinstance(routes, dict) else None
+    if not isinstance(types, dict):
+        raise ModelLoadError(f"{config} has no 'types' mapping of route modules; save the model again.")
+    for module_id, route_type in types.items():
+        _check_module(folder, _inside(folder, f"{path.relative_to(folder).as_posix()}/{module_id}", config),
+                      route_type, config)
+
+
+def _inside(folder: Path, relative: Any, config_file: Path) -> Path:
+    """`folder / relative`, refusing a path that is absolute or climbs out with '..'."""
+    if not isinstance(relative, str):
+        raise ModelLoadError(f"{config_file} has a module path that is not a string: {relative!r}.")
+    pure = PurePosixPath(relative.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or PureWindowsPath(relative).drive:
+        raise ModelLoadError(f"{config_file} has the module path {relative!r}, which leaves the model folder; "
+                             "module paths must be relative and inside it.")
+    return folder.joinpath(*pure.parts)
+
+
+def _check_hooks(value: Any, path: Path, where: str = "") -> None:
+    """Walk a JSON value for keys that would make transformers import code from the repository."""
+    if isinstance(value, list):
+        for item in value:
+            _check_hooks(item, path, where)
+        return
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        name = f"{where}.{key}" if where else key
+        hook = (key in CODE_HOOKS and isinstance(item, (dict, list, str)) and item) or (
+            key == "trust_remote_code" and item is True)
+        if hook:
+            raise UnsupportedModelError(
+                f"{path} sets {name!r} ({json.dumps(item)[:120]}), which makes transformers run code shipped with "
+                "the model; st-export never runs such code (nothing was imported). Only models whose architecture "
+                "transformers itself implements can be exported."
+            )
+        if key in ("activation_function", "activation_fn") and isinstance(item, str) and "." in item \
+                and not item.startswith(TRUSTED_CALLABLE_PREFIXES):
+            raise UnsupportedModelError(
+                f"{path} sets {name!r} to {item!r}, a function outside torch and sentence-transformers; st-export "
+                "never imports code named by a model's configuration."
+            )
+        _check_hooks(item, path, name)
+
+
+def _hidden(path: Path, folder: Path) -> bool:
+    """Files under a hidden folder (.git, .cache of a Hub download) are no part of the model."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])

@@ -1,0 +1,124 @@
+"""`st-serve`: serve exported folders over HTTP (OpenAI and TEI APIs), torch-free, with batching across requests.
+
+    st-export sentence-transformers/all-MiniLM-L6-v2 -o minilm
+    st-serve minilm --port 8080
+    curl -s localhost:8080/v1/embeddings -H 'Content-Type: application/json' -d '{"model": "minilm", "input": "hi"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  st-serve minilm                                   one model, named after its folder, on 127.0.0.1:8080
+  st-serve minilm reranker --name embed --name rerank --port 9000
+  st-serve minilm --variant qint8_avx512_vnni --threads 4 --max-batch-tokens 8192
+  ST_SERVE_API_KEY=secret st-serve minilm --host 0.0.0.0 --cors https://app.example.com
+  st-serve minilm --workers 4 --threads 2           4 processes on one port, 2 onnxruntime threads each
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="st-serve", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders written by st-export")
+    p.add_argument("--name", action="append", default=[], help="name of each folder's model, in order (default: the "
+                                                               "folder name); the `model` field of requests")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--variant", help="manifest variant to run, for every model (default fp32)")
+    p.add_argument("--threads", type=int, help="onnxruntime threads per model (default: one per core)")
+    p.add_argument("--max-batch-tokens", type=int, default=16384,
+                   help="padded tokens (inputs x longest) per graph run (default 16384)")
+    p.add_argument("--max-batch-requests", type=int, default=64,
+                   help="inputs (texts or pairs) per graph run, merged across requests (default 64)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="inputs waiting per model; beyond, 429 with Retry-After (default 1024)")
+    p.add_argument("--max-input-tokens", type=int, help="tokens in one request; beyond, 413 (default: no limit)")
+    p.add_argument("--max-client-batch-size", type=int, default=2048,
+                   help="inputs in one request; beyond, 413 (default 2048)")
+    p.add_argument("--max-request-bytes", type=int, default=32 << 20, help="request body size; beyond, 413 (32 MiB)")
+    p.add_argument("--api-key", default=os.environ.get("ST_SERVE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $ST_SERVE_API_KEY; none: no key)")
+    p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="origins allowed by CORS ('*' for any)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the port, each loading every model (default 1); pair with --threads")
+    p.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds to finish in-flight requests after SIGTERM/SIGINT (default 30)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> object:
+    """The ServeConfig the flags describe.
+
+    Raises:
+        ValueError: a missing folder, more names than folders, a name used twice, or a non-positive limit.
+    """
+    from st_runtime.serve import BatchLimits, ModelConfig, ServeConfig
+
+    if len(args.name) > len(args.folders):
+        raise ValueError(f"{len(args.name)} --name for {len(args.folders)} folders; give at most one per folder.")
+    models = []
+    for index, folder in enumerate(args.folders):
+        path = Path(folder)
+        if not (path / "st_runtime.json").is_file():
+            raise ValueError(f"{folder!r} is not a folder written by st-export (no st_runtime.json); export it "
+                             "first: st-export MODEL -o FOLDER.")
+        name = args.name[index] if index < len(args.name) else path.resolve().name
+        if any(m.name == name for m in models):
+            raise ValueError(f"Two models are named {name!r}; give each its own with --name.")
+        models.append(ModelConfig(name, str(path.resolve()), args.variant))
+    for flag in ("max_batch_tokens", "max_batch_requests", "max_queue", "max_client_batch_size", "max_request_bytes",
+                 "workers"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
+    for flag in ("threads", "max_input_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
+    limits = BatchLimits(max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_requests,
+                         max_queue=args.max_queue, max_input_tokens=args.max_input_tokens)
+    return ServeConfig(models=tuple(models), threads=args.threads, limits=limits,
+                       max_client_batch_size=args.max_client_batch_size, max_request_bytes=args.max_request_bytes,
+                       api_key=args.api_key or None, cors=tuple(args.cors))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; in-flight requests finish first, then exit 0."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvicorn
+
+        from st_runtime.serve.app import CONFIG_ENV, create_app
+
+        config = config_from_args(args)
+        uvicorn_args = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
+                        "timeout_graceful_shutdown": args.graceful_timeout}
+        if args.workers > 1:
+            os.environ[CONFIG_ENV] = config.to_json()  # type: ignore[attr-defined]
+            target: object = "st_runtime.serve.app:app_from_env"
+            uvicorn_args |= {"factory": True, "workers": args.workers}
+        else:
+            target = create_app(config)  # type: ignore[arg-type]  # loads the models: errors show before listening
+    except (ImportError, ValueError, OSError) as exc:
+        if os.environ.get("ST_RUNTIME_DEBUG") == "1":
+            raise
+        print(f"st-serve: error: {exc}", file=sys.stderr)
+        return 1
+    # uvicorn re-raises the signal that stopped it once it has shut down; a handler that only returns makes that a
+    # clean exit (status 0) instead of death by SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
+    uvicorn.run(target, **uvicorn_args)  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

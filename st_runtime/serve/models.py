@@ -1,0 +1,157 @@
+"""A served model: one runtime model (SentenceTransformer, CrossEncoder or SparseEncoder) behind its batcher, and the
+graph runs and token counts the batcher calls, built only on the runtime's public API."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from st_runtime.cross_encoder import CrossEncoder
+from st_runtime.errors import ManifestError
+from st_runtime.manifest import folder_file, load_manifest
+from st_runtime.sentence_transformer import SentenceTransformer
+from st_runtime.serve.batcher import Batcher, BatchLimits, RequestTooLargeError
+from st_runtime.sparse_encoder import SparseEncoder
+
+MODEL_CLASSES: dict[str, type] = {
+    "sentence-embedding": SentenceTransformer,
+    "text-ranking": CrossEncoder,
+    "sparse-embedding": SparseEncoder,
+}
+
+# Batch keys: ("embed" | "sparse", prompt text, route task) and ("pairs", prompt text, raw scores).
+Key = tuple[str, str, Any]
+
+
+class ServedModel:
+    """One exported folder loaded for serving.
+
+    Args:
+        name: the name clients address it by (the `model` field).
+        folder: the folder written by st-export.
+        variant: the manifest variant to run (default fp32).
+        threads: onnxruntime intra-op threads (default: onnxruntime's, one per core).
+        limits: batching and queue limits.
+        on_batch: metrics hook, (inputs, padded tokens, seconds) after each graph run.
+
+    Raises:
+        ManifestError: the folder holds a kind of model st-serve does not serve.
+    """
+
+    def __init__(self, name: str, folder: str | Path, *, variant: str | None = None, threads: int | None = None,
+                 limits: BatchLimits | None = None, on_batch: Any = None) -> None:
+        manifest = load_manifest(folder)
+        if manifest.task not in MODEL_CLASSES:
+            raise ManifestError(f"{str(folder)!r} holds a {manifest.task!r} model; st-serve serves "
+                                f"{sorted(MODEL_CLASSES)}.")
+        self.name, self.folder, self.task = name, Path(folder), manifest.task
+        self.model: Any = MODEL_CLASSES[manifest.task](folder, variant=variant, intra_op_num_threads=threads)
+        self.manifest = self.model.manifest
+        self._raw_tokenizer: Any = None
+        self._raw_lock = threading.Lock()
+        self.batcher = Batcher(name, self._run, self._count, limits or BatchLimits(), on_batch)
+
+    @property
+    def max_seq_length(self) -> int | None:
+        return self.model.max_seq_length
+
+    @property
+    def dimension(self) -> int | None:
+        if self.task == "text-ranking":
+            return None
+        return int(self.model.get_embedding_dimension())
+
+    def prompt_text(self, prompt_name: str | None) -> str:
+        """The prompt text encode would prepend for `prompt_name` (default: the model's default prompt, if any).
+
+        Raises:
+            KeyError: an unknown prompt name (the message lists the known ones).
+        """
+        if prompt_name is None:
+            default = self.model.default_prompt_name
+            return self.manifest.prompts.get(default, "") if default else ""
+        if prompt_name not in self.manifest.prompts:
+            raise KeyError(f"unknown prompt_name {prompt_name!r}; this model has {sorted(self.manifest.prompts)}")
+        return self.manifest.prompts[prompt_name]
+
+    def info(self) -> dict[str, Any]:
+        """What /info and /v1/models tell about the model: kind, variant, precision, lengths, accuracy."""
+        variant = self.model.variant
+        return {
+            "model_id": self.name,
+            "folder": self.folder.name,
+            "task": self.task,
+            "variant": variant.name,
+            "precision": variant.precision,
+            "backend": variant.backend,
+            "max_seq_length": self.max_seq_length,
+            "dimension": self.dimension,
+            "similarity_fn_name": getattr(self.model, "similarity_fn_name", None),
+            "prompts": dict(self.manifest.prompts),
+            "default_prompt_name": self.manifest.default_prompt_name,
+            "accuracy": variant.accuracy,
+            "parity": {k: v for k, v in self.manifest.parity.items() if isinstance(v, (int, float, str, bool))},
+            "source": self.manifest.source.get("name_or_path"),  # the model st-export read (a Hub id or a path)
+        }
+
+    # -- called by the batcher's worker thread -------------------------------------------------------------------------
+
+    def _run(self, key: Hashable, inputs: list[Any]) -> Sequence[Any]:
+        kind, prompt, extra = key  # type: ignore[misc]
+        if kind == "embed":
+            return self.model.encode(inputs, prompt=prompt, batch_size=len(inputs), task=extra, show_progress_bar=False)
+        if kind == "sparse":
+            csr = self.model.encode(inputs, prompt=prompt, batch_size=len(inputs), task=extra, sparse_format="numpy",
+                                   show_progress_bar=False)
+            return [csr.row(i) for i in range(len(inputs))]
+        return self.model.predict(inputs, prompt=prompt, batch_size=len(inputs), show_progress_bar=False,
+                                  activation_fn="identity" if extra else None)
+
+    def _count(self, key: Hashable, inputs: Sequence[Any], options: dict[str, Any]) -> np.ndarray:
+        """Tokens per input (special tokens and prompt included, after truncation); with options["truncate"] False,
+        refuse inputs longer than max_seq_length as TEI does."""
+        kind, prompt, _ = key  # type: ignore[misc]
+        texts = [(prompt + a, b) for a, b in inputs] if kind == "pairs" else [prompt + t for t in inputs]
+        lengths = self.model.tokenizer.encode(texts)["attention_mask"].sum(axis=1)
+        limit = self.max_seq_length
+        if options.get("truncate") is False and limit is not None:
+            for index in np.flatnonzero(lengths >= limit):
+                full = len(self._untruncated().encode(*_as_args(texts[index])).ids)
+                if full > limit:
+                    raise RequestTooLargeError(f"input {index} has {full} tokens, more than this model's "
+                                               f"max_seq_length {limit}; shorten it or send truncate=true")
+        return lengths
+
+    def _untruncated(self) -> Any:
+        with self._raw_lock:
+            if self._raw_tokenizer is None:
+                self._raw_tokenizer = raw_tokenizer(self.folder, self.manifest.tokenizer.file)
+            return self._raw_tokenizer
+
+    def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict[str, Any]]]:
+        """TEI's /tokenize: the tokens of every text (untruncated), with ids, strings and character offsets."""
+        out = []
+        for text, encoding in zip(texts, self._untruncated().encode_batch(texts, add_special_tokens=add_special_tokens),
+                                  strict=True):
+            out.append([{"id": i, "text": text[s:e] if not special else tok, "special": bool(special), "start": s,
+                         "stop": e} for i, tok, (s, e), special in zip(encoding.ids, encoding.tokens, encoding.offsets,
+                                                                        encoding.special_tokens_mask, strict=True)])
+        return out
+
+
+def raw_tokenizer(folder: Path, file: str) -> Any:
+    """The folder's tokenizer without truncation or padding (to count full lengths and for /tokenize)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder_file(folder, file, entry="tokenizer.file")))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _as_args(text: str | tuple[str, str]) -> tuple[str, ...]:
+    return text if isinstance(text, tuple) else (text,)

@@ -1,0 +1,246 @@
+"""MultiVectorEncoder (ColBERT / late interaction): tiny random-weight models exported and run by st_runtime against
+sentence-transformers in the same test (per-token vectors, kept rows, MaxSim scores), int8 variants, a process without
+torch, and the one-line refusal on the sentence-transformers 5 line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import string
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_tiny_transformer, varied_sentences
+
+import st_runtime
+
+HAS_MULTI_VECTOR = importlib.util.find_spec("sentence_transformers.multi_vector_encoder") is not None
+st6 = pytest.mark.skipif(not HAS_MULTI_VECTOR, reason="MultiVectorEncoder is new in sentence-transformers 6; this is "
+                                                      "the sentence-transformers 5 line")
+ATOL = 1e-5
+BLOCKED = ("torch", "transformers", "sentence_transformers", "optimum", "huggingface_hub", "exporters")
+LONG = " ".join(["Late interaction keeps one vector per token, and long texts are truncated."] * 30)
+TEXTS = ["", " ", "a", "What is the capital of France?", "Paris, the capital of France; (famous!)", LONG,
+         "Zürich, Москва, 東京 and القاهرة 🙂", "query: already prefixed?", *varied_sentences(14, seed=3)]
+QUERIES = ["capital of France?", "", "Zürich 🙂", "late interaction retrieval, explained in depth " * 3,
+           "a", "Who wrote the ONNX graph?"]
+
+# name -> (arch, transformer options, dense layers (out_features, activation), mask options or None, normalize,
+#          prompts, similarity_fn_name)
+CONFIGS = {
+    "bert-fixed-skiplist": ("bert", {"document_length": 20, "query_expansion": {"strategy": "fixed", "length": 12}},
+                            ((16, None),), {"skiplist_words": list(string.punctuation)}, True,
+                            {"query": "query: ", "document": "passage: "}, None),
+    "distilbert-plain-2dense": ("distilbert", {"query_length": 10}, ((24, "tanh"), (12, None)), None, False, None,
+                                None),
+    "bert-min-attend-both": ("bert", {"query_length": 16, "query_expansion": {"strategy": "min", "length": 8,
+                                                                                "attend": True}},
+                             ((16, "tanh"), (8, None)),
+                             {"skiplist_words": [".", ",", "?"], "skiplist_tasks": ["query", "document"]}, True,
+                             None, "meanmaxsim"),
+}
+
+
+def build_model(name: str, transformer_dir: Path, bert_vocab: Path):
+    import torch
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    arch, options, dense, mask, normalize, prompts, similarity_fn_name = CONFIGS[name]
+    folder = transformer_dir / arch
+    if not folder.exists():
+        build_tiny_transformer(folder, bert_vocab, arch=arch)
+    transformer = Transformer(str(folder), max_seq_length=48, **options)
+    modules, width = [transformer], transformer.get_embedding_dimension()
+    torch.manual_seed(1)
+    for out_features, activation in dense:
+        act = torch.nn.Tanh() if activation == "tanh" else torch.nn.Identity()
+        modules.append(Dense(width, out_features, bias=activation is not None, activation_function=act,
+                             module_input_name="token_embeddings"))
+        width = out_features
+    if mask is not None:
+        modules.append(MultiVectorMask(**mask))
+    if normalize:
+        modules.append(Normalize(module_input_name="token_embeddings"))
+    return MultiVectorEncoder(modules=modules, device="cpu", prompts=prompts, similarity_fn_name=similarity_fn_name)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, bert_vocab: Path):
+    """name -> (sentence-transformers model, exported folder), each built and exported once for the module."""
+    from exporters import export
+
+    root = tmp_path_factory.mktemp("multi-vector")
+    cache: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in cache:
+            model = build_model(name, root, bert_vocab)
+            export(model, root / f"out-{name}")
+            cache[name] = (model, root / f"out-{name}")
+        return cache[name]
+
+    return get
+
+
+def assert_same_rows(expected: list, actual: list, texts: list[str]) -> None:
+    assert len(actual) == len(expected)
+    for text, e, a in zip(texts, expected, actual, strict=True):
+        e = np.asarray(e)
+        assert a.dtype == np.float32
+        assert a.shape == e.shape, f"{text[:30]!r}: {a.shape} rows kept, sentence-transformers keeps {e.shape}"
+        if e.size:
+            diff = float(np.abs(a.astype(np.float64) - e).max())
+            assert diff <= ATOL, f"{text[:30]!r}: max abs diff {diff:.3g}"
+
+
+@st6
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_token_vectors_and_maxsim_match_sentence_transformers(exported, name):
+    reference, folder = exported(name)
+    model = st_runtime.MultiVectorEncoder(folder)
+    manifest = model.manifest
+    assert manifest.task == "multi-vector-embedding"
+    assert manifest.parity["max_abs_diff"] <= 1e-4
+    assert model.similarity_fn_name == reference.similarity_fn_name
+    expected_q = reference.encode_query(QUERIES, batch_size=4, convert_to_numpy=True)
+    expected_d = reference.encode_document(TEXTS, batch_size=8, convert_to_numpy=True)
+    for batch_size in (1, 7):  # a text's rows do not depend on its batch mates or their padding
+        actual_q = model.encode_query(QUERIES, batch_size=batch_size)
+        assert_same_rows(expected_q, actual_q, QUERIES)
+        actual_d = model.encode_document(TEXTS, batch_size=batch_size)
+        assert_same_rows(expected_d, actual_d, TEXTS)
+    expected_none = reference.encode(TEXTS, batch_size=8, convert_to_numpy=True)
+    assert_same_rows(expected_none, model.encode(TEXTS, batch_size=4), TEXTS)
+    expected_scores = reference.similarity(expected_q, expected_d).numpy()
+    scores = model.similarity(actual_q, actual_d)
+    assert scores.shape == (len(QUERIES), len(TEXTS)) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(model.similarity(expected_q, expected_d), expected_scores, rtol=1e-5, atol=1e-4)
+    pairs = min(len(QUERIES), len(TEXTS))
+    np.testing.assert_allclose(model.similarity_pairwise(actual_q[:pairs], actual_d[:pairs]),
+                               reference.similarity_pairwise(expected_q[:pairs], expected_d[:pairs]).numpy(),
+                               rtol=1e-5, atol=1e-4)
+    single = model.encode_query("capital of France?")
+    assert single.ndim == 2 and single.shape == reference.encode_query("capital of France?").shape
+
+
+@st6
+def test_prompts_expansion_and_rank(exported):
+    reference, folder = exported("bert-fixed-skiplist")
+    model = st_runtime.MultiVectorEncoder(folder)
+    assert model.prompts == {"query": "query: ", "document": "passage: "}
+    assert model.query_expansion == {"strategy": "fixed", "attend": False, "length": 12, "token_id": 103}
+    assert model.document_length == 20
+    with pytest.raises(st_runtime.ManifestError, match=r"load it with st_runtime\.MultiVectorEncoder"):
+        st_runtime.SentenceTransformer(folder)
+    with pytest.raises(st_runtime.InvalidInputError):
+        model.encode_query(None)
+    assert model.encode_document([]) == []
+    # every query keeps exactly the expansion length; documents lose the skiplisted punctuation
+    assert {len(q) for q in model.encode_query(QUERIES)} == {12}
+    for prompt_name in ("query", "document"):
+        assert_same_rows(reference.encode(TEXTS, prompt_name=prompt_name, convert_to_numpy=True, task="document"),
+                         model.encode(TEXTS, prompt_name=prompt_name, task="document"), TEXTS)
+    assert_same_rows(reference.encode(TEXTS, prompt="custom: ", convert_to_numpy=True),
+                     model.encode(TEXTS, prompt="custom: "), TEXTS)
+    documents = TEXTS[:8]
+    ranked = model.rank("What is the capital of France?", documents, top_k=3, return_documents=True)
+    expected = reference.similarity(reference.encode_query(["What is the capital of France?"]),
+                                    reference.encode_document(documents)).numpy()[0]
+    assert [r["corpus_id"] for r in ranked] == np.argsort(-expected, kind="stable")[:3].tolist()
+    assert ranked[0]["text"] == documents[ranked[0]["corpus_id"]]
+    np.testing.assert_allclose([r["score"] for r in ranked], np.sort(expected)[::-1][:3], rtol=1e-5, atol=1e-4)
+
+
+@st6
+def test_int8_variant_records_maxsim_spearman(exported, tmp_path):
+    import shutil
+
+    from quantizers import quantize
+    from quantizers.configs import DynamicInt8
+    from quantizers.errors import AccuracyError
+
+    _, folder = exported("distilbert-plain-2dense")
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    heldout = varied_sentences(40, seed=11)
+    with pytest.raises(AccuracyError):
+        quantize(copy, [DynamicInt8()], heldout=heldout, min_accuracy=0.9999999)
+    assert [v.name for v in st_runtime.load_manifest(copy).variants] == ["fp32"]
+    manifest = quantize(copy, [DynamicInt8()], heldout=heldout, min_accuracy=0.9)
+    variant = manifest.variants[1]
+    assert variant.precision == "int8"
+    assert 0.9 <= variant.accuracy["spearman"] == variant.accuracy["score"] <= 1.0
+    quantized = st_runtime.MultiVectorEncoder(copy, variant=variant.name)
+    assert [len(x) for x in quantized.encode_document(TEXTS)] == [len(x) for x in
+                                                                   st_runtime.MultiVectorEncoder(copy).encode_document(TEXTS)]
+
+
+@st6
+def test_token_pooling_is_refused_by_name(tmp_path, bert_vocab):
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.multi_vector_encoder.modules import HierarchicalTokenPooling, MultiVectorMask
+
+    from exporters import export
+    from exporters.errors import UnsupportedModelError
+
+    build_tiny_transformer(tmp_path / "bert", bert_vocab)
+    model = MultiVectorEncoder(modules=[Transformer(str(tmp_path / "bert")), MultiVectorMask(),
+                                        HierarchicalTokenPooling(2.0)], device="cpu")
+    with pytest.raises(UnsupportedModelError, match="HierarchicalTokenPooling"):
+        export(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+CHILD = textwrap.dedent("""
+    import json, sys
+    BLOCKED = {blocked!r}
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{{name}} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import st_runtime
+    model = st_runtime.MultiVectorEncoder(sys.argv[1])
+    queries, documents = model.encode_query(json.loads(sys.argv[2])), model.encode_document(json.loads(sys.argv[3]))
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print(json.dumps({{"scores": model.similarity(queries, documents).tolist(), "loaded": loaded}}))
+""").format(blocked=BLOCKED)
+
+
+@st6
+def test_runs_where_torch_cannot_be_imported(exported):
+    reference, folder = exported("bert-fixed-skiplist")
+    result = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(QUERIES), json.dumps(TEXTS)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload["loaded"] == []
+    expected = reference.similarity(reference.encode_query(QUERIES), reference.encode_document(TEXTS)).numpy()
+    np.testing.assert_allclose(np.array(payload["scores"], dtype=np.float32), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(HAS_MULTI_VECTOR, reason="sentence-transformers >= 6 is installed: it exports this kind")
+def test_sentence_transformers_5_refuses_in_one_line(tmp_path, bert_vocab, capsys):
+    from exporters.cli import main
+
+    source = tmp_path / "colbert"
+    build_tiny_transformer(source, bert_vocab)
+    (source / "config_sentence_transformers.json").write_text(json.dumps({"model_type": "MultiVectorEncoder"}))
+    (source / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
+                                                      "type": "sentence_transformers.base.modules.transformer.Transformer"}]))
+    assert main([str(source), "-o", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "MultiVectorEncoder" in error and "needs sentence-transformers >= 6" in error
+    assert not (tmp_path / "out").exists()
