@@ -39,9 +39,9 @@ def tiny_tokenizer(vocab_file: Path, *, arch: str = "bert", model_max_length: in
                    model_input_names: list[str] | None = None):
     """A fast WordPiece tokenizer on a real vocab.txt, built the way both transformers lines honour.
 
-    In transformers 5, `BertTokenizerFast(vocab_file=...)` ignores the file and builds a 5-token vocabulary, so
-    every text becomes [UNK]; `from_pretrained` on a folder holding the vocab.txt reads it on both lines. The
-    vocabulary size is asserted, so a fixture can never silently run on all-[UNK] input.
+    In transformers 5, the fast BERT tokenizer constructed from a vocab_file argument ignores the file and builds a
+    5-token vocabulary, so every text becomes [UNK]; `from_pretrained` on a folder holding the vocab.txt reads it on
+    both lines. The vocabulary size is asserted, so a fixture can never silently run on all-[UNK] input.
     """
     import shutil
     import tempfile

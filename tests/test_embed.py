@@ -26,7 +26,7 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, bert_vocab):
+def folders(tmp_path_factory, bert_vocab, mlm_dir):
     """Tiny exported (bi-encoder, SPLADE, cross-encoder) folders."""
     import torch
     from helpers import tiny_tokenizer
@@ -34,7 +34,7 @@ def folders(tmp_path_factory, bert_vocab):
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
     from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
 
     root = tmp_path_factory.mktemp("embed-models")
     build_tiny_transformer(root / "bert", bert_vocab)
@@ -45,15 +45,10 @@ def folders(tmp_path_factory, bert_vocab):
     tokenizer = tiny_tokenizer(bert_vocab, model_max_length=64)
     sizes = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 64}
-    torch.manual_seed(0)
-    mlm = BertForMaskedLM(BertConfig(**sizes))
-    with torch.no_grad():
-        mlm.cls.predictions.bias.fill_(-0.4)
-    mlm.save_pretrained(root / "mlm")
-    tokenizer.save_pretrained(root / "mlm")
-    splade = SparseEncoder(modules=[Transformer(str(root / "mlm"), transformer_task="fill-mask", max_seq_length=48),
+    splade = SparseEncoder(modules=[Transformer(str(mlm_dir), transformer_task="fill-mask", max_seq_length=48),
                                     SpladePooling("max")], device="cpu")
     export(splade, root / "splade")
+    torch.manual_seed(0)
     BertForSequenceClassification(BertConfig(num_labels=1, **sizes)).save_pretrained(root / "ce-src")
     tokenizer.save_pretrained(root / "ce-src")
     export(CrossEncoder(str(root / "ce-src"), device="cpu"), root / "ce")
