@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -87,9 +86,12 @@ def _load_baseline(path: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from bench import regression, report
-    from bench.runner import BenchConfig, run_bench
+    from bench.runner import BenchConfig, BenchError, run_bench
 
-    tolerance = regression.parse_tolerance(args.tolerance)
+    try:
+        tolerance = regression.parse_tolerance(args.tolerance)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
     baseline = _load_baseline(args.baseline) if args.baseline else None
     config = BenchConfig(folder=args.folder, source=args.source, variants=tuple(args.variants) if args.variants else None,
                          peers=() if args.no_peers else tuple(args.peers), threads=args.threads,
@@ -116,19 +118,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run st-bench; returns the exit code (expected failures: one `st-bench: error:` line, exit 1)."""
+    from st_runtime.errors import run_cli
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return run(args, argv)
-    except KeyboardInterrupt:
-        print("st-bench: interrupted", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the one error boundary: a message, and the traceback only on request
-        if os.environ.get("ST_RUNTIME_DEBUG") == "1":
-            raise
-        print(f"st-bench: error: {exc}", file=sys.stderr)
-        return 1
+    args = build_parser().parse_args(argv)
+    return run_cli("st-bench", lambda: run(args, argv))
 
 
 if __name__ == "__main__":

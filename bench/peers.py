@@ -19,13 +19,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-CLASSES = {"sentence-embedding": "SentenceTransformer", "text-ranking": "CrossEncoder", "sparse-embedding": "SparseEncoder"}
+from st_runtime.kinds import TASK_CLASSES
 
 
 def _model_class(task: str) -> Any:
+    """The sentence-transformers class of `task` (st_runtime's classes carry the same names)."""
     import sentence_transformers
 
-    return getattr(sentence_transformers, CLASSES[task])
+    return getattr(sentence_transformers, TASK_CLASSES[task])
 
 
 def export_onnx(source: str, task: str, out: Path, isa: str) -> dict[str, str]:
@@ -58,7 +59,7 @@ def export_openvino(source: str, task: str, out: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.splitlines()[0])
     parser.add_argument("source")
-    parser.add_argument("task", choices=sorted(CLASSES))
+    parser.add_argument("task", choices=sorted(TASK_CLASSES))
     parser.add_argument("out", type=Path)
     parser.add_argument("--isa", required=True)
     parser.add_argument("--onnx", action="store_true")

@@ -5,11 +5,14 @@
   Spearman (does each query's ranking of its 100 documents agree?).
 - sparse-embedding: share of the reference's top-32 active dimensions kept in the row's top-32, for documents
   (mean and min) and queries (mean), and the mean cosine of the document vectors.
+- multi-vector-embedding: Spearman of the MaxSim scores of the held-out queries x documents to the reference's (the
+  texts and split of quantizers' MaxSim accuracy) with their mean |diff|, and the share of the reference's top 10
+  of each `rank` over 100 documents that is in the row's top 10 (mean and min over queries).
 - Lee (bi-encoders and sparse encoders): Spearman between the model's similarity of the 50 Lee documents (with
   the model's own similarity function) and the human scores, over the 1225 pairs. This one needs no reference.
 
-The comparisons reuse quantizers.accuracy (cosines, spearman, top_k_overlap), so a variant's accuracy in the
-manifest and in st-bench mean the same thing.
+The comparisons reuse st_runtime.metrics (cosines, spearman, top_k_overlap), as the quantizers do, so a variant's
+accuracy in the manifest and in st-bench mean the same thing.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from quantizers.accuracy import SPARSE_TOP_K, cosines, spearman, top_k_overlap
+from st_runtime.metrics import SPARSE_TOP_K, cosines, spearman, top_k_overlap
 
 # The accuracy figure each task is plotted (and summarized) by.
 HEADLINE = {"sentence-embedding": "mean_cosine", "text-ranking": "spearman",
-            "sparse-embedding": f"top{SPARSE_TOP_K}_overlap"}
+            "sparse-embedding": f"top{SPARSE_TOP_K}_overlap", "multi-vector-embedding": "spearman"}
 SPARSE_CHUNK = 256  # rows densified at a time
 
 
@@ -56,6 +59,18 @@ def ranking_accuracy(reference: np.ndarray, candidate: np.ndarray, group: int) -
     per_query = [spearman(reference[i : i + group], candidate[i : i + group]) for i in range(0, len(reference), group)]
     return {"spearman": spearman(reference, candidate), "mean_query_spearman": float(np.mean(per_query)),
             "mean_abs_diff": float(np.abs(reference.astype(np.float64) - candidate).mean())}
+
+
+def rank_overlap(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Share of each reference top-k list (one row of document indices per query) found in the candidate's, mean and
+    min over queries: {"top{k}_overlap", "min_top{k}_overlap"}."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    _check_rows(reference, candidate)
+    k = reference.shape[1] if reference.ndim == 2 else 0
+    if not len(reference) or not k:
+        return {}
+    shares = np.array([len(set(r.tolist()) & set(c.tolist())) / k for r, c in zip(reference, candidate, strict=True)])
+    return {f"top{k}_overlap": float(shares.mean()), f"min_top{k}_overlap": float(shares.min())}
 
 
 def sparse_accuracy(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], prefix: str = "") -> dict[str, float]:
@@ -115,6 +130,12 @@ def row_accuracy(task: str, reference: Path | None, row: Path, *, rerank_group: 
     elif task == "text-ranking":
         if reference is not None:
             figures.update(ranking_accuracy(np.load(reference / "bulk.npy"), np.load(row / "bulk.npy"), rerank_group))
+    elif task == "multi-vector-embedding":
+        if reference is not None:
+            ref, cand = np.load(reference / "heldout_maxsim.npy"), np.load(row / "heldout_maxsim.npy")
+            _check_rows(ref, cand)
+            figures.update(spearman=spearman(ref, cand), mean_abs_diff=float(np.abs(ref.astype(np.float64) - cand).mean()))
+            figures.update(rank_overlap(np.load(reference / "rank_top.npy"), np.load(row / "rank_top.npy")))
     else:
         raise ValueError(f"Unknown task {task!r}.")
     return figures

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quantizers.accuracy import SPARSE_TOP_K
+from st_runtime.metrics import SPARSE_TOP_K
 
 Getter = Callable[[dict[str, Any]], Any]
 
@@ -41,15 +41,16 @@ def _gflops(row: dict[str, Any]) -> str:
 
 def columns(task: str) -> list[tuple[str, Getter, Callable[[Any], str]]]:
     """(header, value getter, formatter) of every column, per task."""
-    unit = {"text-ranking": "pairs/s", "sparse-embedding": "docs/s"}.get(task, "texts/s")
-    latency = "q x 100 docs" if task == "text-ranking" else "1 query" if task == "sparse-embedding" else "1 text"
+    queries = task in ("sparse-embedding", "multi-vector-embedding")  # documents and queries are encoded apart
+    unit = "pairs/s" if task == "text-ranking" else "docs/s" if queries else "texts/s"
+    latency = "q x 100 docs" if task == "text-ranking" else "1 query" if queries else "1 text"
     cols: list[tuple[str, Getter, Callable[[Any], str]]] = [
         (unit, _m("texts_per_s"), _num(0)),
         ("min-max", lambda r: _spread(r), str),
         ("tokens/s", _m("tokens_per_s"), _num(0)),
         ("speed-up", _m("speedup"), _num(2, "x")),
     ]
-    if task == "sparse-embedding":
+    if queries:
         cols += [("queries/s", _m("query_texts_per_s"), _num(0)), ("q speed-up", _m("query_speedup"), _num(2, "x"))]
     cols += [
         (f"p50 ms ({latency})", _m("latency_ms", "p50"), _num(2)),
@@ -67,6 +68,10 @@ def columns(task: str) -> list[tuple[str, Getter, Callable[[Any], str]]]:
     elif task == "text-ranking":
         cols += [("Spearman", _m("accuracy", "spearman"), _num(5)),
                  ("per-query Spearman", _m("accuracy", "mean_query_spearman"), _num(5))]
+    elif task == "multi-vector-embedding":
+        cols += [("MaxSim Spearman", _m("accuracy", "spearman"), _num(5)),
+                 ("rank top10", _m("accuracy", "top10_overlap"), _num(4)),
+                 ("min top10", _m("accuracy", "min_top10_overlap"), _num(2))]
     else:
         k = SPARSE_TOP_K
         cols += [(f"doc top{k}", _m("accuracy", f"top{k}_overlap"), _num(4)),
@@ -101,15 +106,19 @@ def _summary_lines(document: dict[str, Any]) -> list[str]:
     lines = [
         f"model: {document['folder']} ({document['task']}); reference: {document['reference']}",
         f"corpus: {w['corpus']}: {w['texts']} texts, {w['real_tokens']:,} real tokens (median {w['median_tokens']:.0f})"
-        + (f", {w['pairs']} pairs" if w["pairs"] else ""),
+        + (f", {w['pairs']} pairs" if w["pairs"] and document["task"] == "text-ranking" else ""),
         f"threads {s['threads']}, batch {s['batch_size']}, warm-up {s['warmup']}, median of {s['repeats']} repeats; "
-        + (f"latency: {w['rerank_queries']} calls (one query x 100 documents each) per repeat" if w.get("rerank_queries")
-           else f"latency: {s['latency_n']} calls per repeat"),
+        + (f"latency: {w['rerank_queries']} calls (one query x 100 documents each) per repeat"
+           if document["task"] == "text-ranking" else f"latency: {s['latency_n']} calls per repeat"),
         f"CPU: {machine['model']}, {machine['physical_cores']} cores, {machine['mhz'] or '?'} MHz ({machine['clock_source']}), "
         f"ISA {machine['isa']}, flags {' '.join(machine['flags'])}",
         f"peak GFLOP/s (ESTIMATE, {machine['threads_used']} threads): fp32 {peaks['fp32']}, bf16 {peaks['bf16']}, "
         f"int8 {peaks['int8']}; {peaks['note']}",
     ]
+    if document["task"] == "multi-vector-embedding":
+        lines.append(f"accuracy: MaxSim of {w.get('heldout_texts', 0) // 4} held-out queries x the other "
+                     f"{w.get('heldout_texts', 0) - w.get('heldout_texts', 0) // 4} held-out texts as documents "
+                     f"(quantizers' held-out set); rank: {w['rerank_queries']} queries x 100 corpus documents, top 10")
     if document.get("flops"):
         f = document["flops"]
         lines.append(f"FLOPs per token: {f['flops_per_token'] / 1e6:.2f} M ({f['formula']}; "

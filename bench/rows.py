@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from st_runtime.errors import ManifestError
 from st_runtime.manifest import Manifest, Variant
@@ -72,11 +73,47 @@ def precision_of(variant: Variant) -> str:
     return "fp32"
 
 
+def runs_label(variant: Variant) -> str | None:
+    """What a variant computes in, from its manifest facts, when its precision alone does not say it.
+
+    An NNCF static-int8 IR (precision "int8", OpenVINO) runs its quantized matmuls in int8 and every other op in its
+    inference precision: "int8 matmuls + fp32 rest". An int8-weights IR stores int8 weights and computes in floating
+    point: "runs fp32". `what_runs` checks the int8 claim against the compiled model after the run.
+    """
+    runs = variant.inference_precision
+    if variant.backend == "openvino" and variant.precision == "int8":
+        return f"int8 matmuls + {runs or 'fp32'} rest"
+    return f"runs {runs}" if runs not in (None, variant.precision) else None
+
+
+def what_runs(precision: str, info: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What OpenVINO really ran for a row of `precision` ("fp32", "bf16", "int8"), read by the worker from the compiled
+    model: its inference precision (everything not quantized) and the input precision of each matmul.
+
+    Returns:
+        (what runs, e.g. "int8 matmuls (48 of 48), f32 rest" or "bf16"; None when unknown),
+        (a note when that is not what the row claims, e.g. "OpenVINO runs bf16, not fp32"; else None).
+    """
+    hint = info.get("inference_precision")
+    matmuls: dict[str, int] = info.get("matmul_precisions") or {}
+    int8, total = matmuls.get("int8", 0), sum(matmuls.values())
+    if precision == "int8":  # the hint says nothing about the quantized ops: only the compiled matmuls do
+        if int8:
+            return f"int8 matmuls ({int8} of {total}), {hint or 'f32'} rest", None
+        if total:
+            return hint, f"OpenVINO runs none of the {total} matmuls in int8 ({hint or 'f32'} throughout)"
+        return None, None
+    if hint and hint != {"fp32": "f32", "fp16": "f16"}.get(precision, precision):  # e.g. bf16 picked by OpenVINO
+        return hint, f"OpenVINO runs {hint}, not {precision}"
+    return hint, None
+
+
 def runtime_rows(folder: Path, variants: list[Variant]) -> list[RowSpec]:
     rows = []
     for v in variants:
-        runs = f"runs {v.inference_precision}" if v.inference_precision not in (None, v.precision) else None
-        detail = ", ".join(x for x in (v.precision if v.precision != v.name else None, v.isa,
+        runs = runs_label(v)
+        named = v.precision == v.name or (runs or "").startswith(v.precision + " ")  # said by the name or `runs`
+        detail = ", ".join(x for x in (None if named else v.precision, v.isa,
                                        v.backend if v.backend != "onnxruntime" else None, runs) if x)
         label = f"st_runtime {v.name}" + (f" ({detail})" if detail else "")
         rows.append(RowSpec(id=f"st_runtime:{v.name}", label=label, engine="st_runtime",
@@ -85,8 +122,23 @@ def runtime_rows(folder: Path, variants: list[Variant]) -> list[RowSpec]:
     return rows
 
 
-def peer_rows(source: Path | None, peers: tuple[str, ...], isa: str) -> list[RowSpec]:
-    """The sentence-transformers rows before their files exist (paths are filled in by `with_peer_files`)."""
+# Why sentence-transformers' own backends of a MultiVectorEncoder (which needs sentence-transformers >= 6, so
+# transformers >= 5) are missing: they exist, but the optimum packages cap transformers.
+MULTI_VECTOR_HINTS = {
+    "optimum.onnxruntime": "sentence-transformers 6 offers backend=\"onnx\" for MultiVectorEncoder, but optimum-onnx "
+                           "caps transformers below 4.58 and MultiVectorEncoder needs transformers >= 5: the two do not "
+                           "install together",
+    "optimum.intel": "sentence-transformers 6 offers backend=\"openvino\" for MultiVectorEncoder through optimum-intel, "
+                     "which caps transformers below 5.6: pip install 'optimum-intel[openvino]' 'transformers<5.6'",
+}
+
+
+def peer_rows(source: Path | None, peers: tuple[str, ...], isa: str, task: str | None = None) -> list[RowSpec]:
+    """The sentence-transformers rows before their files exist (paths are filled in by `with_peer_files`).
+
+    Args:
+        task: the folder's task; a multi-vector encoder's rows need sentence-transformers >= 6 (MultiVectorEncoder).
+    """
     if not peers:
         return []
     rows = []
@@ -110,7 +162,15 @@ def peer_rows(source: Path | None, peers: tuple[str, ...], isa: str) -> list[Row
             row = replace(row, skip="no --source: the sentence-transformers model is needed for this row")
         else:
             missing = [m for m in needs[peer] if not found(m)]
-            if missing:
+            multi_vector = task == "multi-vector-embedding"
+            no_class = "sentence_transformers" not in missing and not found("sentence_transformers.multi_vector_encoder")
+            if multi_vector and no_class:
+                row = replace(row, skip="MultiVectorEncoder is new in sentence-transformers 6; this environment has the "
+                              "5.x line")
+            elif multi_vector and missing and peer != "torch":
+                row = replace(row, skip=f"{', '.join(missing)} not installed"
+                              + "".join(f" ({MULTI_VECTOR_HINTS[m]})" for m in missing if m in MULTI_VECTOR_HINTS))
+            elif missing:
                 hint = {m: "pip install 'st-runtime[peers]'; it requires transformers < 4.58, so sentence-transformers "
                         "5.x: scripts/setup.sh --line st5" for m in ("optimum.intel", "optimum.onnxruntime")}
                 row = replace(row, skip=f"{', '.join(missing)} not installed"

@@ -23,6 +23,8 @@ import bench
 from bench import quality, rows, sysinfo
 from bench.flops import GraphFlops, count_graph_flops, token_weighted_length
 from bench.workloads import Workload, build_workload, token_counts
+from st_runtime.errors import StRuntimeError
+from st_runtime.kinds import TASK_CLASSES
 from st_runtime.manifest import Manifest, load_manifest
 
 SCHEMA = "st-bench/1"
@@ -30,7 +32,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
                     "RAYON_RS_NUM_CPUS")
 
 
-class BenchError(RuntimeError):
+class BenchError(StRuntimeError, RuntimeError):
     """A run could not be set up (bad folder, no runnable reference); the message says what to do."""
 
 
@@ -145,9 +147,9 @@ def throughput(seconds: list[float], items: int) -> dict[str, float]:
 
 
 def row_metrics(row: rows.RowSpec, result: dict[str, Any], workload: Workload, tokens: dict[str, np.ndarray],
-                flops: GraphFlops | None, peaks: dict[str, Any]) -> dict[str, Any]:
+                flops: GraphFlops | None, peaks: dict[str, Any], *, task: str) -> dict[str, Any]:
     """Absolute figures of one row (ratios are added once the reference is known)."""
-    bulk_items = len(workload.pairs) if workload.rerank else len(workload.corpus)
+    bulk_items = len(workload.pairs) if task == "text-ranking" else len(workload.corpus)
     bulk = throughput(result["bulk_s"], bulk_items)
     metrics: dict[str, Any] = {
         "texts_per_s": bulk["median"], "texts_per_s_min": bulk["min"], "texts_per_s_max": bulk["max"],
@@ -182,11 +184,13 @@ def _tokens(folder: Path, manifest: Manifest, workload: Workload) -> dict[str, n
     """Real tokens of each workload's items, with the prompts the encode calls add."""
     prompts = manifest.prompts
     default = prompts.get(manifest.default_prompt_name or "", "")
-    if workload.rerank:
+    if manifest.task == "text-ranking":
         return {"bulk": token_counts(folder, workload.pairs)}
-    if manifest.task == "sparse-embedding":
+    if manifest.task in ("sparse-embedding", "multi-vector-embedding"):
         doc_prompt = next((prompts[n] for n in ("document", "passage", "corpus") if n in prompts), default)
-        return {"bulk": token_counts(folder, [doc_prompt + t for t in workload.corpus]),
+        # multi-vector documents are truncated at their document_length (None: max_seq_length)
+        length = manifest.task_config.document_length if manifest.task == "multi-vector-embedding" else None
+        return {"bulk": token_counts(folder, [doc_prompt + t for t in workload.corpus], max_seq_length=length),
                 "queries": token_counts(folder, [prompts.get("query", default) + t for t in workload.queries])}
     return {"bulk": token_counts(folder, [default + t for t in workload.corpus])}
 
@@ -211,8 +215,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     Raises:
         ManifestError: the folder is not an exported folder, or --variants names a variant it lacks.
-        BenchError: bad settings (repeats, batch size, threads, a --source that is not a folder).
-        FileNotFoundError, ValueError: a --corpus file that is missing or empty.
+        BenchError: bad settings (repeats, batch size, threads, a --source that is not a folder, an empty --corpus,
+            --max-texts, --latency-n or --rerank-queries below 1).
+        FileNotFoundError: a --corpus file that is missing.
     """
     from tqdm.auto import tqdm
 
@@ -226,7 +231,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     notes: list[str] = []
     cpu = sysinfo.cpu_info()
     selected = rows.select_variants(manifest, list(config.variants) if config.variants else None)
-    plan = rows.peer_rows(Path(config.source) if config.source else None, tuple(config.peers), cpu["isa"])
+    plan = rows.peer_rows(Path(config.source) if config.source else None, tuple(config.peers), cpu["isa"],
+                          task=manifest.task)
     plan += rows.runtime_rows(folder, selected)
     reference_id = rows.choose_reference(plan)
     if reference_id == rows.REFERENCE_FP32 and reference_id not in {r.id for r in plan}:
@@ -237,8 +243,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         notes.append("reference is st_runtime fp32 (no sentence-transformers torch row)"
                      + (f"; pass --source {recorded} to compare against sentence-transformers" if recorded else ""))
 
-    workload = build_workload(manifest.task, corpus_file=config.corpus, max_texts=config.max_texts,
-                              latency_n=config.latency_n, rerank_queries=config.rerank_queries)
+    try:
+        workload = build_workload(manifest.task, corpus_file=config.corpus, max_texts=config.max_texts,
+                                  latency_n=config.latency_n, rerank_queries=config.rerank_queries)
+    except ValueError as exc:  # an empty --corpus, a --max-texts / --latency-n / --rerank-queries below 1
+        raise BenchError(str(exc)) from exc
     notes += workload.notes
     tokens = _tokens(folder, manifest, workload)
     flops = _graph_flops(folder, manifest, notes)
@@ -267,7 +276,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for index, row in enumerate(plan):
                 if row.skip is not None:
                     continue
-                spec = {"id": row.id, "engine": row.engine, "backend": row.backend, "task": manifest.task, "path": row.path,
+                spec = {"id": row.id, "engine": row.engine, "backend": row.backend, "task": manifest.task,
+                        "model_class": TASK_CLASSES[manifest.task], "path": row.path,
                         "variant": row.variant, "file_name": row.file_name, "threads": threads,
                         "batch_size": config.batch_size, "repeats": config.repeats, "warmup": config.warmup,
                         "workload": str(workload_file)}
@@ -292,8 +302,8 @@ def _assemble(config: BenchConfig, manifest: Manifest, plan: list[rows.RowSpec],
         reference_id = rows.REFERENCE_FP32
     if reference_id not in ok:
         notes.append(f"the reference {reference_id} did not run: no ratios and no accuracy against it")
-    metrics = {rid: row_metrics(next(r for r in plan if r.id == rid), results[rid], workload, tokens, flops, peaks)
-               for rid in ok}
+    metrics = {rid: row_metrics(next(r for r in plan if r.id == rid), results[rid], workload, tokens, flops, peaks,
+                                task=manifest.task) for rid in ok}
     similarity = manifest.similarity_fn_name or ("dot" if manifest.task == "sparse-embedding" else "cosine")
     table = []
     for row in plan:
@@ -312,11 +322,13 @@ def _assemble(config: BenchConfig, manifest: Manifest, plan: list[rows.RowSpec],
                 manifest.task, out_dirs[reference_id] if reference_id in ok else None, out_dirs[row.id],
                 lee_scores=workload.lee_scores, similarity_fn_name=similarity)
             info = results[row.id].get("info", {})
-            runs = info.get("inference_precision")
+            if info.get("inference_precision"):
+                entry["inference_precision"] = info["inference_precision"]
+            runs, mismatch = rows.what_runs(row.precision, info)  # from the compiled model, not the hint alone
             if runs:
-                entry["inference_precision"] = runs
-                if runs != {"fp32": "f32"}.get(row.precision, row.precision):  # e.g. bf16 picked by OpenVINO itself
-                    entry["note"] = f"OpenVINO runs {runs}, not {row.precision}"
+                entry["runs"] = runs
+            if mismatch:  # e.g. bf16 picked by OpenVINO itself, or an int8 IR whose matmuls run in f32
+                entry["note"] = mismatch
             if row.engine == "st_runtime" and results[row.id].get("torch_imported"):
                 entry["note"] = "torch was imported by st_runtime (it must not be)"
             entry["metrics"] = m
@@ -333,7 +345,7 @@ def _assemble(config: BenchConfig, manifest: Manifest, plan: list[rows.RowSpec],
                      "queries": len(workload.queries), "rerank_queries": len(workload.rerank),
                      "real_tokens": int(lengths.sum()),
                      "median_tokens": float(np.median(lengths)) if lengths.size else 0.0,
-                     "lee_documents": len(workload.lee_documents)},
+                     "lee_documents": len(workload.lee_documents), "heldout_texts": len(workload.heldout)},
         "machine": {**cpu, "threads_used": threads, "peak_gflops_estimate": peaks},
         "flops": flops.describe(token_weighted_length(lengths)) if flops else None,
         "versions": sysinfo.package_versions(),

@@ -7,11 +7,10 @@ import os
 import platform
 import re
 import subprocess
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-from quantizers.isa import cpu_flags, detect_isa
+from st_runtime import machine
+from st_runtime.machine import cpu_flags, cpuinfo, detect_isa
 
 PACKAGES = ("st-runtime", "numpy", "onnxruntime", "tokenizers", "openvino", "onnx", "torch", "transformers",
             "sentence-transformers", "optimum", "optimum-onnx", "optimum-intel", "nncf")
@@ -30,21 +29,10 @@ def _lscpu() -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
 
 
-def _cpuinfo() -> dict[str, str]:
-    path = Path("/proc/cpuinfo")
-    if not path.is_file():
-        return {}
-    info: dict[str, str] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
-
-
 def cpu_info() -> dict[str, Any]:
     """CPU model, physical cores, clock (MHz, max when known, else the current reading) and relevant flags."""
-    lscpu, cpuinfo = _lscpu(), _cpuinfo()
-    model = lscpu.get("Model name") or cpuinfo.get("model name") or platform.processor() or platform.machine()
+    lscpu, proc = _lscpu(), cpuinfo()
+    model = lscpu.get("Model name") or proc.get("model name") or platform.processor() or platform.machine()
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     physical = logical
     try:
@@ -57,8 +45,8 @@ def cpu_info() -> dict[str, Any]:
         if lscpu.get(key):
             mhz, clock_source = float(lscpu[key].replace(",", ".")), source
             break
-    if mhz is None and cpuinfo.get("cpu MHz"):
-        mhz, clock_source = float(cpuinfo["cpu MHz"]), "/proc/cpuinfo cpu MHz"
+    if mhz is None and proc.get("cpu MHz"):
+        mhz, clock_source = float(proc["cpu MHz"]), "/proc/cpuinfo cpu MHz"
     if mhz is None and (match := re.search(r"@\s*([\d.]+)\s*GHz", model)):
         mhz, clock_source = float(match.group(1)) * 1000, "model name"
     flags = cpu_flags()
@@ -96,11 +84,5 @@ def peak_gflops(cores: int, mhz: float | None, flags: set[str] | list[str]) -> d
 
 
 def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that matter, read from their metadata (nothing is imported)."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    """Python's version and the installed versions of the packages that matter (st_runtime.machine reads them)."""
+    return {"python": platform.python_version()} | machine.package_versions(PACKAGES)

@@ -22,6 +22,7 @@ from typing import Any
 
 ENGINES = ("st-torch", "st-onnx", "st-openvino", "st_runtime")
 LATENCY_WARMUP_CALLS = 5
+RANK_TOP_K = 10  # multi-vector encoders: the top of each `rank` over 100 documents that is compared
 
 
 def stage(name: str) -> None:
@@ -29,24 +30,27 @@ def stage(name: str) -> None:
 
 
 def load_engine(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
-    """Import the engine and load the model; returns (model, {"import_s": ..., "load_s": ...})."""
-    engine, task, threads = spec["engine"], spec["task"], int(spec["threads"])
+    """Import the engine and load the model; returns (model, {"import_s": ..., "load_s": ...}).
+
+    st_runtime picks the class from the folder's manifest (st_runtime.load); sentence-transformers gets the class the
+    parent named in the spec ("model_class", from st_runtime.kinds.TASK_CLASSES: importing st_runtime here would
+    count its imports in the torch engines' import time).
+    """
+    engine, threads = spec["engine"], int(spec["threads"])
     t0 = time.perf_counter()
     if engine == "st_runtime":
         import st_runtime
 
-        cls = {"sentence-embedding": st_runtime.SentenceTransformer, "text-ranking": st_runtime.CrossEncoder,
-               "sparse-embedding": st_runtime.SparseEncoder}[task]
         t1 = time.perf_counter()
-        model = cls(spec["path"], variant=spec["variant"], intra_op_num_threads=threads)
+        model = st_runtime.load(spec["path"], variant=spec["variant"], intra_op_num_threads=threads)
         return model, {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
 
     import torch
 
     torch.set_num_threads(threads)
-    from sentence_transformers import CrossEncoder, SentenceTransformer, SparseEncoder
+    import sentence_transformers
 
-    cls = {"sentence-embedding": SentenceTransformer, "text-ranking": CrossEncoder, "sparse-embedding": SparseEncoder}[task]
+    cls = getattr(sentence_transformers, spec["model_class"])
     kwargs: dict[str, Any] = {"device": "cpu"}
     if engine == "st-onnx":
         import onnxruntime as ort
@@ -68,9 +72,8 @@ def load_engine(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     return model, {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
 
 
-def openvino_precision(model: Any) -> str | None:
-    """The precision OpenVINO really runs ("f32", "bf16", ...; it picks bf16 by itself on CPUs with AVX-512 BF16 or AMX
-    unless told otherwise), read from the compiled model after the first call; None for other engines."""
+def openvino_compiled(model: Any) -> Any:
+    """The OpenVINO CompiledModel behind a loaded model (st_runtime's or optimum-intel's); None for other engines."""
     compiled = getattr(getattr(model, "backend", None), "compiled", None)  # st_runtime's OpenVINO backend
     if compiled is None:  # sentence-transformers' backend="openvino": optimum-intel's OVModel
         try:
@@ -79,12 +82,43 @@ def openvino_precision(model: Any) -> str | None:
             return None
     if hasattr(compiled, "get_compiled_model"):  # an infer request
         compiled = compiled.get_compiled_model()
+    return compiled
+
+
+def openvino_precision(model: Any) -> str | None:
+    """The precision OpenVINO runs its unquantized ops in ("f32", "bf16", ...; it picks bf16 by itself on CPUs with
+    AVX-512 BF16 or AMX unless told otherwise), read from the compiled model after the first call; None for other
+    engines. Quantized ops (an NNCF IR's FakeQuantize) run in int8 whatever this says: see `openvino_matmul_precisions`."""
+    compiled = openvino_compiled(model)
     try:
         value = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     except (AttributeError, RuntimeError, TypeError):
         return None
     return {"bfloat16": "bf16", "f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16", "bf16": "bf16"}.get(
         value.lower().removeprefix("<type: '").removesuffix("'>"), value)
+
+
+MATMUL_LAYERS = ("FullyConnected", "MatMul")  # the CPU plugin's names in its runtime (execution) graph
+_PRECISION_NAMES = {"u8": "int8", "i8": "int8", "f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+def openvino_matmul_precisions(model: Any) -> dict[str, int] | None:
+    """How many matmuls of the executed graph run in each precision ({"int8": 48} for an NNCF static-int8 IR), read
+    from the compiled model's runtime graph after the first call: a matmul runs in int8 when its activation input is
+    u8/i8 (an int8-weights IR decompresses its weights and multiplies f32 activations: f32). None when unreadable."""
+    compiled = openvino_compiled(model)
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    counts: dict[str, int] = {}
+    for op in ops:
+        info = op.get_rt_info()
+        if "layerType" not in info or info["layerType"].astype(str) not in MATMUL_LAYERS:
+            continue
+        name = op.input(0).get_element_type().get_type_name()
+        counts[_PRECISION_NAMES.get(name, name)] = counts.get(_PRECISION_NAMES.get(name, name), 0) + 1
+    return counts
 
 
 def sparse_parts(embeddings: Any) -> dict[str, Any]:
@@ -108,6 +142,30 @@ def sparse_parts(embeddings: Any) -> dict[str, Any]:
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=dense.shape[0]))])
     return {"indptr": indptr.astype(np.int64), "indices": cols.astype(np.int64), "values": dense[rows, cols],
             "shape": np.asarray(dense.shape, np.int64)}
+
+
+def heldout_maxsim(model: Any, texts: list[str], batch_size: int) -> Any:
+    """MaxSim of the first quarter of `texts` (encode_query) against the rest (encode_document), flattened: the
+    multi-vector accuracy of quantizers (st_runtime.metrics), computed by the row's own engine."""
+    import numpy as np
+
+    quiet = {"batch_size": batch_size, "show_progress_bar": False}
+    queries = texts[: len(texts) // 4]
+    scores = model.similarity(model.encode_query(queries, **quiet), model.encode_document(texts[len(queries):], **quiet))
+    return np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores, np.float32).ravel()
+
+
+def rank_ids(model: Any, query: str, documents: list[str], batch_size: int, top_k: int = RANK_TOP_K) -> list[int]:
+    """The indices of the top_k documents for `query`, best first: st_runtime's `rank`; sentence-transformers'
+    MultiVectorEncoder has none, so for it what `rank` does (encode_query, encode_document, MaxSim, stable sort)."""
+    import numpy as np
+
+    quiet = {"batch_size": batch_size, "show_progress_bar": False}
+    if hasattr(model, "rank"):
+        return [hit["corpus_id"] for hit in model.rank(query, documents, top_k=top_k, **quiet)]
+    scores = model.similarity(model.encode_query([query], **quiet), model.encode_document(documents, **quiet))
+    scores = np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores)[0]
+    return np.argsort(-scores, kind="stable")[:top_k].tolist()
 
 
 def timed_passes(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:
@@ -159,7 +217,8 @@ def run(spec: dict[str, Any], spawn_time: float) -> dict[str, Any]:
         model.encode([first], **quiet)
     times["first_call_s"] = time.perf_counter() - start
     times["cold_start_s"] = time.time() - spawn_time
-    info = {"inference_precision": openvino_precision(model)} if spec.get("backend") == "openvino" else {}
+    info = ({"inference_precision": openvino_precision(model), "matmul_precisions": openvino_matmul_precisions(model)}
+            if spec.get("backend") == "openvino" else {})
     result: dict[str, Any] = {"timings": times, "info": info}
 
     corpus = list(workload.corpus)
@@ -183,6 +242,18 @@ def run(spec: dict[str, Any], spawn_time: float) -> dict[str, Any]:
         result["latency_s"] = latency_calls(lambda q: model.encode_query([q], **quiet), queries, repeats)
         if workload.lee_documents:
             np.savez(out / "lee.npz", **sparse_parts(model.encode_document(list(workload.lee_documents), **quiet)))
+    elif task == "multi-vector-embedding":
+        stage("documents")
+        result["bulk_s"], _ = timed_passes(lambda: model.encode_document(corpus, **quiet), warmup, repeats)
+        stage("queries")
+        queries = list(workload.queries)
+        result["query_bulk_s"], _ = timed_passes(lambda: model.encode_query(queries, **quiet), warmup, repeats)
+        stage("latency")
+        result["latency_s"] = latency_calls(lambda q: model.encode_query([q], **quiet), queries, repeats)
+        stage("accuracy")
+        np.save(out / "heldout_maxsim.npy", heldout_maxsim(model, list(workload.heldout), batch))
+        np.save(out / "rank_top.npy", np.array([rank_ids(model, q, list(docs), batch) for q, docs in workload.rerank],
+                                               np.int64).reshape(len(workload.rerank), -1))
     elif task == "text-ranking":
         stage("pairs")
         pairs = workload.pairs

@@ -1,5 +1,6 @@
-"""The texts every row runs on: a bulk corpus of mixed lengths, texts for batch-1 latency, short queries (sparse
-encoders), query x 100 document lists (rerankers), and the Lee 50-document similarity set.
+"""The texts every row runs on: a bulk corpus of mixed lengths, texts for batch-1 latency, short queries (sparse and
+multi-vector encoders), query x 100 document lists (rerankers; multi-vector encoders' `rank`), the held-out texts of
+the multi-vector MaxSim accuracy, and the Lee 50-document similarity set.
 
 Default corpus: gensim's Lee background corpus (300 news articles) split into sentences. The files are read from
 the installed gensim package's test data, found with importlib without importing gensim (which is slow and pulls
@@ -35,8 +36,9 @@ class Workload:
     corpus_name: str
     corpus: tuple[str, ...]  # bulk throughput: documents
     latency_texts: tuple[str, ...]  # batch-1 latency (bi-encoders); one text per call
-    queries: tuple[str, ...]  # sparse encoders: encode_query, bulk and batch 1
-    rerank: tuple[tuple[str, tuple[str, ...]], ...] = ()  # rerankers: (query, documents) per call
+    queries: tuple[str, ...]  # sparse and multi-vector encoders: encode_query, bulk and batch 1
+    rerank: tuple[tuple[str, tuple[str, ...]], ...] = ()  # rerankers, multi-vector rank: (query, documents) per call
+    heldout: tuple[str, ...] = ()  # multi-vector: MaxSim of the first quarter (queries) x the rest (documents)
     lee_documents: tuple[str, ...] = ()  # the 50 Lee documents (empty: no Lee figure)
     lee_scores: tuple[float, ...] = ()  # human scores of their 1225 pairs (upper triangle, row major)
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -89,14 +91,14 @@ def lee_scores(data: Path) -> np.ndarray:
     return matrix[np.triu_indices(50, 1)]
 
 
-def fallback_texts() -> list[str]:
+def fallback_texts(names: tuple[str, ...] = ("heldout.txt", "calibration.txt")) -> list[str]:
     """The texts shipped with quantizers (held-out, then calibration), found without importing the package."""
     spec = importlib.util.find_spec("quantizers")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("Neither gensim (for the Lee corpus) nor the quantizers package data is installed; "
                                 "pass --corpus FILE (one text per line) or pip install 'st-runtime[bench]'.")
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    return [line.strip() for name in ("heldout.txt", "calibration.txt")
+    return [line.strip() for name in names
             for line in (data / name).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -133,12 +135,13 @@ def build_workload(
     """The texts of one run.
 
     Args:
-        task: the folder's task ("sentence-embedding", "text-ranking", "sparse-embedding").
+        task: the folder's task ("sentence-embedding", "text-ranking", "sparse-embedding",
+            "multi-vector-embedding").
         corpus_file: one text per line instead of the default corpus.
         max_texts: use only the first N corpus texts (default: all; the first 2000 of the Lee corpus).
-        latency_n: batch-1 calls per repeat (texts for bi-encoders, queries for sparse encoders).
-        rerank_queries: most queries (each against 100 documents) for rerankers; fewer when the corpus is small,
-            so that the pairs are about as many as the corpus texts.
+        latency_n: batch-1 calls per repeat (texts for bi-encoders, queries for sparse and multi-vector encoders).
+        rerank_queries: most queries (each against 100 documents) for rerankers and the multi-vector `rank`; fewer
+            when the corpus is small, so that the pairs are about as many as the corpus texts.
 
     Raises:
         ValueError: max_texts or latency_n below 1, or an empty corpus.
@@ -163,26 +166,36 @@ def build_workload(
         raise ValueError("The corpus is empty.")
     queries = [" ".join(t.split()[:QUERY_WORDS]) for t in spread(corpus, latency_n)]
     rerank: list[tuple[str, tuple[str, ...]]] = []
-    if task == "text-ranking":
+    if task in ("text-ranking", "multi-vector-embedding"):
         count = min(rerank_queries, max(1, -(-len(corpus) // RERANK_DOCUMENTS)))
         for q, start in enumerate(range(0, count * RERANK_DOCUMENTS, RERANK_DOCUMENTS)):
             docs = tuple(corpus[(start + j) % len(corpus)] for j in range(RERANK_DOCUMENTS))
             rerank.append((queries[q % len(queries)], docs))
     lee_docs, scores = ((), ())
-    if data is not None and task != "text-ranking":
+    if data is not None and task not in ("text-ranking", "multi-vector-embedding"):  # one vector per text only
         lee_docs, scores = tuple(lee_documents(data)), tuple(float(s) for s in lee_scores(data))
+    # Multi-vector accuracy: the texts (and the split) that quantizers' MaxSim accuracy uses, so the figure means the
+    # same as a variant's accuracy in the manifest.
+    heldout = tuple(fallback_texts(("heldout.txt",))) if task == "multi-vector-embedding" else ()
     return Workload(corpus_name=name, corpus=tuple(corpus), latency_texts=tuple(spread(corpus, latency_n)),
-                    queries=tuple(queries), rerank=tuple(rerank), lee_documents=lee_docs, lee_scores=scores,
-                    notes=tuple(notes))
+                    queries=tuple(queries), rerank=tuple(rerank), heldout=heldout, lee_documents=lee_docs,
+                    lee_scores=scores, notes=tuple(notes))
 
 
-def token_counts(folder: Path, texts: list[str] | list[tuple[str, str]], batch_size: int = 256) -> np.ndarray:
+def token_counts(folder: Path, texts: list[str] | list[tuple[str, str]], batch_size: int = 256,
+                 max_seq_length: int | None = None) -> np.ndarray:
     """Real (non-pad) tokens per text or pair, special tokens included, as the folder's tokenizer (and so every row:
-    sentence-transformers truncates the same way) counts them after truncation at max_seq_length."""
+    sentence-transformers truncates the same way) counts them after truncation at max_seq_length (or at
+    `max_seq_length` when given: a multi-vector encoder's document_length)."""
+    import dataclasses
+
     from st_runtime.manifest import load_manifest
     from st_runtime.tokenizer import TextTokenizer
 
-    tokenizer = TextTokenizer(folder, load_manifest(folder).tokenizer)
+    spec = load_manifest(folder).tokenizer
+    if max_seq_length is not None:
+        spec = dataclasses.replace(spec, max_seq_length=int(max_seq_length))
+    tokenizer = TextTokenizer(folder, spec)
     counts = [tokenizer.encode(list(texts[i : i + batch_size]))["attention_mask"].sum(1)
               for i in range(0, len(texts), batch_size)]
     return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64)

@@ -1,6 +1,8 @@
 """exporters: turn a sentence-transformers model into a self-contained folder that st_runtime runs.
 
-Needs the export extra (torch, sentence-transformers, transformers, onnx).
+Needs the export extra (torch, sentence-transformers, transformers, onnx). One module per model kind (bi_encoder,
+cross_encoder, sparse_encoder, multi_vector) registered in kinds.py; the data path from `export` to the folder, the
+folder contract, and how to add a kind or a variant: docs/architecture.md.
 """
 
 from __future__ import annotations

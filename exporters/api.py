@@ -12,11 +12,12 @@ import exporters.bi_encoder
 import exporters.cross_encoder
 import exporters.multi_vector
 import exporters.sparse_encoder  # noqa: F401
-from exporters.artifacts import package_versions, save_sentence_transformers_files
+from exporters.artifacts import VERSIONED_PACKAGES, save_sentence_transformers_files
 from exporters.folder import check_output_dir, staged_output_dir
 from exporters.kinds import ExportOptions
 from exporters.onnx_export import DEFAULT_OPSET, eager_attention
 from exporters.source import load_source
+from st_runtime.machine import package_versions
 from st_runtime.manifest import Manifest, hash_folder
 
 DEFAULT_ATOL = 1e-4
@@ -59,15 +60,8 @@ def export(
     with staged_output_dir(output_dir, overwrite=overwrite) as staging:
         save_sentence_transformers_files(source.model, staging)
         with eager_attention(source.model):
-            fields = kind.write(source, staging, ExportOptions(opset=opset, external_data=external_data))
-        manifest = Manifest(
-            task=kind.task,
-            modules=tuple(source.modules),
-            files=hash_folder(staging),
-            source=source.source,
-            versions=package_versions(),
-            **fields,
-        )
+            written = kind.write(source, staging, ExportOptions(opset=opset, external_data=external_data))
+        manifest = written.manifest(kind.task, source, files=hash_folder(staging), versions=package_versions(VERSIONED_PACKAGES))
         manifest.save(staging)
         parity = kind.check_parity(source.model, staging, atol=atol)
         manifest = Manifest(**{**manifest.__dict__, "parity": parity})

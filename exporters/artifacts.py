@@ -1,10 +1,11 @@
-"""Files every kind writes besides the graph: the sentence-transformers files, tokenizer.json, versions."""
+"""Files every kind writes besides the graph: the sentence-transformers files, the tokenizer (`write_tokenizer`, the
+one writer of every kind's tokenizer.json), versions."""
 
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 from torch import nn
@@ -50,41 +51,46 @@ def align_tokenizer_config(path: Path) -> None:
         path.write_text(json.dumps(aligned, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_tokenizer(hf_tokenizer, max_seq_length: int, path: Path) -> TokenizerSpec:
-    """Write a transformers fast tokenizer as the source model configures it (lower-casing, truncation at
-    max_seq_length, pad to longest) and return the settings the runtime applies."""
+def write_tokenizer(tokenizer: Any, path: Path, *, max_seq_length: int | None = None,
+                    special_tokens: bool = True) -> TokenizerSpec:
+    """Write a tokenizer as the source module applies it, and return the settings the runtime applies.
+
+    Args:
+        tokenizer: a transformers fast tokenizer (Transformer modules, SparseStaticEmbedding): written with its
+            lower-casing etc., truncation (longest first) at `max_seq_length` (None: never), and padding to the longest
+            text as it pads; or the `tokenizers.Tokenizer` of a StaticEmbedding, written as sentence-transformers
+            applies it: no special tokens, no padding (the runtime pads with a valid id, masked out in the graph), and
+            truncated only where the tokenizer itself truncates (usually never).
+        path: the file to write (its name is the spec's `file`).
+        max_seq_length: truncation length of a transformers tokenizer.
+        special_tokens: False drops the post-processor, so the runtime's encode adds no special tokens (as
+            `tokenizer(texts, add_special_tokens=False)`).
+    """
+    if isinstance(tokenizer, Tokenizer):
+        return _write_static_tokenizer(tokenizer, path)
     spec = TokenizerSpec(
         file=path.name,
-        max_seq_length=int(max_seq_length),
-        pad_token=str(hf_tokenizer.pad_token),
-        pad_token_id=int(hf_tokenizer.pad_token_id),
-        padding_side=hf_tokenizer.padding_side,
-        truncation_side=hf_tokenizer.truncation_side,
+        max_seq_length=None if max_seq_length is None else int(max_seq_length),
+        pad_token=str(tokenizer.pad_token),
+        pad_token_id=int(tokenizer.pad_token_id),
+        padding_side=tokenizer.padding_side,
+        truncation_side=tokenizer.truncation_side,
     )
-    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())  # a copy: the source model is untouched
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the source model is untouched
+    if not special_tokens:
+        backend.post_processor = None
     backend.no_padding()
-    backend.enable_truncation(max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side)
+    backend.no_truncation()
+    if spec.max_seq_length is not None:
+        backend.enable_truncation(max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side)
     backend.enable_padding(direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token)
     backend.save(str(path))
     return spec
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shaped the export, for the manifest."""
-    versions = {}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def write_static_tokenizer(tokenizer: Tokenizer, path: Path) -> TokenizerSpec:
-    """Write the `tokenizers` Tokenizer of a StaticEmbedding as sentence-transformers applies it: no special tokens
-    (its post-processor is dropped, so the runtime's encode adds none), no padding, and truncated only where the
-    tokenizer itself truncates (usually never: max_seq_length None). The runtime pads with a valid id, masked out
-    in the graph."""
+def _write_static_tokenizer(tokenizer: Tokenizer, path: Path) -> TokenizerSpec:
+    """`write_tokenizer` for a StaticEmbedding's `tokenizers.Tokenizer` (its post-processor dropped, its truncation
+    kept, a pad token found in its vocabulary)."""
     # StaticEmbedding encodes with add_special_tokens=False, so its post-processor never runs: serializing without
     # it (restored at once) changes nothing it computes, and is 20x faster than a JSON round trip of a large vocab.
     post_processor = tokenizer.post_processor

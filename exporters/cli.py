@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -60,88 +59,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def variant_configs(args: argparse.Namespace) -> list:
-    """The quantizer configurations the flags ask for, fp32 IR before the variants that reuse it."""
-    from exporters.errors import InvalidArgumentError
-    from quantizers import (
-        DynamicInt8,
-        Fp16,
-        OpenVino,
-        OpenVinoInt8Weights,
-        OpenVinoStaticInt8,
-        Optimize,
-        StaticInt8,
-    )
-    from quantizers.texts import read_texts
+    """The quantizer configurations the flags ask for: the variants they name in quantizers/variants.py's table (the
+    one vocabulary of st-export and the zoo), in its order (the fp32 IR before the variants that reuse it)."""
+    from quantizers.variants import VARIANTS, VariantOptions, expand_flags
 
-    try:
-        calibration = read_texts(args.calibration) if args.calibration else None
-    except (OSError, ValueError) as exc:  # missing, empty, not UTF-8 (UnicodeDecodeError is a ValueError)
-        reason = f"it is not UTF-8 text ({exc.reason} at byte {exc.start})" if isinstance(exc, UnicodeDecodeError) else exc
-        raise InvalidArgumentError(f"--calibration {str(args.calibration)!r}: {reason}") from exc
+    calibration = read_calibration(args.calibration)
     backends = set(args.backend) | ({"openvino"} if args.bf16 else set())
-    configs: list = []
-    if "onnx" in backends:
-        if args.optimize:
-            configs.append(Optimize(args.optimize))
-        if "int8" in args.quantize:
-            configs.append(DynamicInt8(isa=args.isa))
-        if "int8-static" in args.quantize:
-            configs.append(StaticInt8(calibration_texts=calibration, method=args.calibration_method, isa=args.isa))
-        if args.fp16:
-            configs.append(Fp16())
-    if "openvino" in backends:
-        configs.append(OpenVino("fp32"))
-        if args.bf16:
-            configs.append(OpenVino("bf16"))
-        if args.fp16:
-            configs.append(OpenVino("fp16"))
-        if "int8" in args.quantize:
-            configs.append(OpenVinoInt8Weights())
-        if "int8-static" in args.quantize:
-            configs.append(OpenVinoStaticInt8(calibration_texts=calibration))
-    return configs
+    flags = {args.optimize, *args.quantize, "fp16" if args.fp16 else None, "bf16" if args.bf16 else None} - {None}
+    options = VariantOptions(isa=args.isa, method=args.calibration_method, calibration_texts=calibration)
+    return [VARIANTS[key].config(options) for key in expand_flags(backends, flags)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run st-export; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run st-export; returns the exit code (expected failures: one `st-export: error:` line, exit 1)."""
+    from st_runtime.errors import run_cli
+
+    args = build_parser().parse_args(argv)
+    return run_cli("st-export", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("exporters", "quantizers", "models_zoo"):
         logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-layer statistics tables
     if args.quiet:
         quiet_libraries()
-    debug = os.environ.get("ST_RUNTIME_DEBUG") == "1"
-    try:
-        from exporters import export
-        from st_runtime.errors import StRuntimeError
+    from exporters import export
 
-        configs = variant_configs(args)
-        post_process = None
-        if configs:
-            from quantizers import quantize
+    configs = variant_configs(args)
+    post_process = None
+    if configs:
+        from quantizers import quantize
 
-            def post_process(folder: Path):
-                return quantize(folder, configs, min_accuracy=args.min_accuracy)
+        def post_process(folder: Path):
+            return quantize(folder, configs, min_accuracy=args.min_accuracy)
 
-        model = args.model
-        if not Path(model).exists():  # a models_zoo recipe name (st-zoo list) resolves offline to its local weights
-            from models_zoo import resolve_for_export
+    model = args.model
+    if not Path(model).exists():  # a models_zoo recipe name (st-zoo list) resolves offline to its local weights
+        from models_zoo import resolve_for_export
 
-            resolved = resolve_for_export(model)
-            model = model if resolved is None else resolved
-        options = {k: v for k, v in {"opset": args.opset, "atol": args.atol}.items() if v is not None}
-        manifest = export(model, args.output, overwrite=args.overwrite,
-                          external_data=True if args.external_data else None, post_process=post_process, **options)
-    except (ImportError, OSError, StRuntimeError) as exc:  # every expected failure: one line, exit 1
-        if debug:
-            raise
-        print(f"st-export: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        resolved = resolve_for_export(model)
+        model = model if resolved is None else resolved
+    options = {k: v for k, v in {"opset": args.opset, "atol": args.atol}.items() if v is not None}
+    manifest = export(model, args.output, overwrite=args.overwrite,
+                      external_data=True if args.external_data else None, post_process=post_process, **options)
     if not args.quiet:
         print(summary(args.model, args.output, manifest))
     return 0
+
+
+def read_calibration(path: Path | None) -> tuple[str, ...] | None:
+    """--calibration's texts (None without the flag: the quantizers use their built-in set).
+
+    Raises:
+        InvalidArgumentError: the file is missing, not UTF-8 text, or has no text line.
+    """
+    from exporters.errors import InvalidArgumentError
+    from quantizers.texts import read_texts
+
+    if path is None:
+        return None
+    flag = f"--calibration {str(path)!r}"
+    try:
+        return read_texts(path)
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{flag}: it is not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
+    except OSError as exc:  # missing, a folder, unreadable
+        raise InvalidArgumentError(f"{flag}: {exc}") from exc
+    except ValueError as exc:  # empty, or only blank lines
+        raise InvalidArgumentError(f"{flag} holds no text: give one calibration text per line, or omit --calibration "
+                                   "to use the built-in calibration texts.") from exc
 
 
 def quiet_libraries() -> None:
@@ -155,11 +143,6 @@ def quiet_libraries() -> None:
             continue
         for name in calls:
             getattr(library, name, lambda: None)()
-
-
-def one_line(exc: BaseException) -> str:
-    """The error's message on one line (some library messages span several)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def summary(model: str, output: str, manifest) -> str:

@@ -15,14 +15,13 @@ from torch import Tensor, nn
 import st_runtime
 from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
 from exporters.errors import ParityError
-from exporters.kinds import ExportOptions, KindExporter, SourceModel, register
-from exporters.onnx_export import export_onnx
-from exporters.parity import parity_gate
+from exporters.graphs import BATCH_AXES, ONNX_FILE, dynamic_axes, export_graph
+from exporters.kinds import ExportOptions, KindExporter, SourceModel, WrittenModel, register
+from exporters.parity import parity_gate, stored_prompt_names
 from exporters.source import graph_input_names
-from st_runtime.manifest import Variant
+from st_runtime.manifest import Route
+from st_runtime.task_configs import CrossEncoderConfig
 
-ONNX_FILE = "onnx/model.onnx"
-SEQUENCE_AXES = {0: "batch_size", 1: "sequence_length"}
 # Short names of the activations st_runtime also knows in numpy; others are recorded by their dotted path only.
 KNOWN_ACTIVATIONS = {"Identity": "identity", "Sigmoid": "sigmoid", "Softmax": "softmax", "Tanh": "tanh", "ReLU": "relu"}
 
@@ -79,28 +78,22 @@ def activation_names(activation: Callable[..., Any]) -> tuple[str, str | None]:
     return fullname(activation), short
 
 
-def write_cross_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> dict[str, Any]:
-    """Write tokenizer.json and onnx/model.onnx; return the manifest fields of a text-ranking model."""
+def write_cross_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> WrittenModel:
+    """Write tokenizer.json and onnx/model.onnx of a text-ranking model and describe them."""
     model: CrossEncoder = source.model
-    tokenizer = write_tokenizer(model[0].tokenizer, model.max_seq_length, staging / TOKENIZER_FILE)
+    tokenizer = write_tokenizer(model[0].tokenizer, staging / TOKENIZER_FILE, max_seq_length=model.max_seq_length)
     input_names = graph_input_names(model)
     # Two pairs of different lengths, so the traced graph has padding and a real attention mask.
     example = model.preprocess([("a short query", "a somewhat longer document for tracing the graph"), ("q", "d")])
     inputs = {name: example[name] for name in input_names}
-    axes = {name: SEQUENCE_AXES for name in input_names} | {name: {0: "batch_size"} for name in CrossEncoderGraph.output_names}
+    axes = dynamic_axes(input_names, {name: BATCH_AXES for name in CrossEncoderGraph.output_names})
     graph = CrossEncoderGraph(list(model), input_names, model.activation_fn).eval()
-    export_onnx(graph, inputs, staging / ONNX_FILE, output_names=list(CrossEncoderGraph.output_names), dynamic_axes=axes,
-                opset=options.opset, external_data=options.external_data)
+    variants = export_graph(graph, inputs, staging, ONNX_FILE, options, axes=axes)
     activation_path, activation = activation_names(model.activation_fn)
-    return {
-        "inputs": tuple(inputs),
-        "outputs": CrossEncoderGraph.output_names,
-        "tokenizer": tokenizer,
-        "variants": (Variant(name="fp32", file=ONNX_FILE, precision="fp32"),),
-        "prompts": dict(model.prompts),
-        "default_prompt_name": model.default_prompt_name,
-        "task_config": {"num_labels": int(model.num_labels), "activation": activation, "activation_fn": activation_path},
-    }
+    config = CrossEncoderConfig(num_labels=int(model.num_labels), activation=activation, activation_fn=activation_path)
+    written = Route(inputs=tuple(inputs), outputs=CrossEncoderGraph.output_names, tokenizer=tokenizer, variants=variants,
+                    task_config=config)
+    return WrittenModel(graph=written, prompts=dict(model.prompts), default_prompt_name=model.default_prompt_name)
 
 
 def check_cross_encoder_parity(
@@ -117,8 +110,7 @@ def check_cross_encoder_parity(
     """
     runtime = st_runtime.CrossEncoder(folder)
     diffs, count = [0.0], 0
-    prompt_names = [None, *sorted(name for name, text in reference.prompts.items() if text)]
-    for prompt_name in prompt_names:
+    for prompt_name in stored_prompt_names(reference.prompts):
         for torch_activation, runtime_activation in ((None, None), (nn.Identity(), "identity")):
             expected = reference.predict(list(pairs), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
                                          activation_fn=torch_activation)

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import uuid
@@ -29,6 +27,7 @@ from pathlib import Path
 from exporters.errors import OutputExistsError, OutputLocationError
 from st_runtime.errors import StRuntimeError
 from st_runtime.manifest import MANIFEST_NAME, sha256_file
+from st_runtime.staging import host_tag, make_staging_dir, owner_tag, process_alive, staging_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -102,42 +101,11 @@ def _check_location(out: Path) -> None:
         raise OutputLocationError(f"Cannot create {str(out)!r}: {str(ancestor)!r} is a file, not a folder. "
                                   "Choose an output path that is not inside a file.")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_owner_tag()}-", dir=ancestor))  # named as staging:
+        os.rmdir(tempfile.mkdtemp(prefix=staging_prefix(out.name), dir=ancestor))  # named as staging:
         # if this process dies right here, the next export removes it
     except OSError as exc:
         raise OutputLocationError(f"Cannot create {str(out)!r}: {str(ancestor)!r} is not writable "
                                   f"({exc.strerror or exc}). Choose a folder you can write to.") from exc
-
-
-def _start_time(pid: int) -> int:
-    """When process `pid` started (clock ticks since boot, Linux /proc), or 0 where that cannot be read."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _host() -> str:
-    """This machine, short: staging folders on a shared filesystem are judged only by the machine that made them."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _owner_tag() -> str:
-    return f"{_host()}-{os.getpid()}-{_start_time(os.getpid())}"
-
-
-def _alive(pid: int, start: int) -> bool:
-    """Whether the process that wrote `pid-start` into a folder name still runs (a reused pid does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    except OSError:
-        return True  # cannot tell: keep its folder
-    now = _start_time(pid)
-    return start == 0 or now == 0 or now == start
 
 
 def recover_interrupted(out: Path) -> None:
@@ -146,11 +114,11 @@ def recover_interrupted(out: Path) -> None:
     without RENAME_EXCHANGE); folders of running exports and of other names are left alone."""
     if not out.parent.is_dir():
         return
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(partial|old)-{_host()}-(\d+)-(\d+)-")
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(partial|old)-{host_tag()}-(\d+)-(\d+)-")
     parked = []
     for entry in out.parent.iterdir():
         match = pattern.match(entry.name)
-        if match is None or not entry.is_dir() or _alive(int(match[2]), int(match[3])):
+        if match is None or not entry.is_dir() or process_alive(int(match[2]), int(match[3])):
             continue
         if match[1] == "old":
             parked.append(entry)
@@ -208,7 +176,7 @@ def _publish(staging: Path, out: Path) -> None:
         return
     if exchange(staging, out):
         return
-    parked = out.with_name(f".{out.name}.old-{_owner_tag()}-{uuid.uuid4().hex[:8]}")
+    parked = out.with_name(f".{out.name}.old-{owner_tag()}-{uuid.uuid4().hex[:8]}")
     out.rename(parked)
     try:
         staging.rename(out)  # killed before this line: the next export to `out` restores `parked`
@@ -227,14 +195,11 @@ def staged_output_dir(output_dir: str | Path, *, overwrite: bool) -> Iterator[Pa
     published = False
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{_owner_tag()}-", dir=out.parent))
+        staging = make_staging_dir(out)
     except OSError as exc:
         _remove_empty(created)
         raise OutputLocationError(f"Cannot create {str(out)!r}: {exc.strerror or exc}. Choose a folder you can "
                                   "write to.") from exc
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
     try:
         yield staging
         check_output_dir(out, overwrite=overwrite)  # it may have appeared while we worked

@@ -23,20 +23,18 @@ from torch import Tensor, nn
 import st_runtime
 from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
 from exporters.errors import ParityError, UnsupportedModelError
-from exporters.kinds import ExportOptions, KindExporter, SourceModel, register, register_unavailable
-from exporters.onnx_export import export_onnx
+from exporters.graphs import EXAMPLE_TEXTS, ONNX_FILE, SEQUENCE_AXES, dynamic_axes, export_graph
+from exporters.kinds import ExportOptions, KindExporter, SourceModel, WrittenModel, register, register_unavailable
 from exporters.parity import PROBE_TEXTS, parity_gate
 from exporters.source import graph_input_names
-from st_runtime.manifest import Variant
+from st_runtime.manifest import Route
+from st_runtime.task_configs import MultiVectorConfig, QueryExpansion
 
 try:
     from sentence_transformers import MultiVectorEncoder
 except ImportError:  # sentence-transformers 5.x has no multi-vector models
     MultiVectorEncoder = None
 
-ONNX_FILE = "onnx/model.onnx"
-SEQUENCE_AXES = {0: "batch_size", 1: "sequence_length"}
-EXAMPLE_TEXTS = ["a short text", "a somewhat longer text for tracing the graph"]
 TOKEN_MODULES = ("Dense", "Normalize")
 # What a query or document probe is compared on besides PROBE_TEXTS: short queries, so expansion is exercised.
 QUERY_PROBES = ("capital of France?", "", "Zürich 🙂", "what is late interaction retrieval and how does it work")
@@ -67,8 +65,8 @@ class MultiVectorGraph(nn.Module):
         return features["token_embeddings"]
 
 
-def write_multi_vector(source: SourceModel, staging: Path, options: ExportOptions) -> dict[str, Any]:
-    """Write the graph and tokenizer; return the manifest fields of a multi-vector-embedding model.
+def write_multi_vector(source: SourceModel, staging: Path, options: ExportOptions) -> WrittenModel:
+    """Write the graph and tokenizer of a multi-vector-embedding model and describe them.
 
     Raises:
         UnsupportedModelError: the chain is not Transformer -> Dense/Normalize/MultiVectorMask, or a module reads or
@@ -92,37 +90,49 @@ def write_multi_vector(source: SourceModel, staging: Path, options: ExportOption
     if getattr(transformer, "module_output_name", "token_embeddings") != "token_embeddings":
         raise UnsupportedModelError("The Transformer module does not output token_embeddings.")
 
-    tokenizer = write_tokenizer(transformer.tokenizer, transformer.max_seq_length, staging / TOKENIZER_FILE)
+    tokenizer = write_tokenizer(transformer.tokenizer, staging / TOKENIZER_FILE, max_seq_length=transformer.max_seq_length)
     example = transformer.preprocess(EXAMPLE_TEXTS)
     inputs = {name: example[name] for name in graph_input_names([transformer])}
     graph = MultiVectorGraph([transformer, *(m for m in rest if m not in masks)], list(inputs)).eval()
     with torch.no_grad():
         dimension = int(graph(*inputs.values()).shape[-1])
-    axes = {name: SEQUENCE_AXES for name in inputs} | {"token_embeddings": SEQUENCE_AXES}
-    export_onnx(graph, inputs, staging / ONNX_FILE, output_names=list(MultiVectorGraph.output_names), dynamic_axes=axes,
-                opset=options.opset, external_data=options.external_data)
-    return {
-        "inputs": tuple(inputs),
-        "outputs": MultiVectorGraph.output_names,
-        "tokenizer": tokenizer,
-        "variants": (Variant(name="fp32", file=ONNX_FILE, precision="fp32"),),
-        "embedding_dimension": dimension,
-        "similarity_fn_name": model.similarity_fn_name,
-        "prompts": {name: text for name, text in model.prompts.items() if text is not None},
-        "default_prompt_name": model.default_prompt_name,
-        "task_config": multi_vector_task_config(transformer, masks[0] if masks else None),
-    }
+    variants = export_graph(graph, inputs, staging, ONNX_FILE, options,
+                            axes=dynamic_axes(inputs, {"token_embeddings": SEQUENCE_AXES}))
+    config = multi_vector_task_config(transformer, masks[0] if masks else None, saved_truncate_dim(model, dimension))
+    written = Route(inputs=tuple(inputs), outputs=MultiVectorGraph.output_names, tokenizer=tokenizer, variants=variants,
+                    embedding_dimension=dimension, task_config=config)
+    return WrittenModel(graph=written, similarity_fn_name=model.similarity_fn_name,
+                        prompts={name: text for name, text in model.prompts.items() if text is not None},
+                        default_prompt_name=model.default_prompt_name)
 
 
-def multi_vector_task_config(transformer: nn.Module, mask: nn.Module | None) -> dict[str, Any]:
+def saved_truncate_dim(model: Any, dimension: int) -> int | None:
+    """The model's truncate_dim, when it was saved with (or given) one (sentence-transformers >= 6.3), else None. A
+    value above the dimension is recorded as the dimension: sentence-transformers then keeps every dimension (and
+    still L2-normalizes), which is what truncate_dim=dimension does in the runtime.
+
+    Raises:
+        UnsupportedModelError: truncate_dim is not a positive int.
+    """
+    value = getattr(model, "truncate_dim", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnsupportedModelError(f"The model's truncate_dim is {value!r}; it must be a positive int or None.")
+    return min(int(value), dimension)
+
+
+def multi_vector_task_config(transformer: nn.Module, mask: nn.Module | None,
+                             truncate_dim: int | None = None) -> MultiVectorConfig:
     """The facts st_runtime needs to tokenize per task and keep the scored rows, as sentence-transformers does.
 
     query_length / document_length: truncation length of that task (None: max_seq_length). query_expansion:
-    None, or {"strategy": "fixed" | "min", "attend", "length", "token_id"} with the expansion token resolved as
+    None, or its strategy ("fixed" | "min"), attend, length and token_id, with the expansion token resolved as
     sentence-transformers resolves it (the token, else the mask token, else EOS; None: positions keep their pad id).
     has_mask_module: a MultiVectorMask follows the Transformer (without one, the scored rows are the attention mask's,
     and expansion positions count only when attended). skiplist_ids / skiplist_tasks / keep_only_token_ids: the
-    MultiVectorMask's resolved settings ("document" stands for no task).
+    MultiVectorMask's resolved settings ("document" stands for no task). truncate_dim: the model's default token
+    dimension (`saved_truncate_dim`), an optional key written only when set.
     """
     expansion = transformer.query_expansion
     if expansion is not None:
@@ -131,19 +141,20 @@ def multi_vector_task_config(transformer: nn.Module, mask: nn.Module | None) -> 
             token_id = hf_tokenizer.convert_tokens_to_ids(expansion["token"])
         else:
             token_id = hf_tokenizer.mask_token_id if hf_tokenizer.mask_token_id is not None else hf_tokenizer.eos_token_id
-        expansion = {"strategy": expansion["strategy"], "attend": bool(expansion["attend"]),
-                     "length": int(expansion["length"]), "token_id": None if token_id is None else int(token_id)}
+        expansion = QueryExpansion(strategy=expansion["strategy"], attend=bool(expansion["attend"]),
+                                   length=int(expansion["length"]), token_id=None if token_id is None else int(token_id))
     skiplist = getattr(mask, "_skiplist_ids", None)
     keep_only = getattr(mask, "keep_only_token_ids", None)
-    return {
-        "query_length": transformer.query_length,
-        "document_length": transformer.document_length,
-        "query_expansion": expansion,
-        "has_mask_module": mask is not None,
-        "skiplist_ids": sorted({int(i) for i in skiplist.tolist()}) if skiplist is not None else [],
-        "skiplist_tasks": list(mask.skiplist_tasks) if mask is not None else [],
-        "keep_only_token_ids": [int(i) for i in keep_only] if keep_only else None,
-    }
+    return MultiVectorConfig(
+        query_length=transformer.query_length,
+        document_length=transformer.document_length,
+        query_expansion=expansion,
+        has_mask_module=mask is not None,
+        skiplist_ids=tuple(sorted({int(i) for i in skiplist.tolist()})) if skiplist is not None else (),
+        skiplist_tasks=tuple(mask.skiplist_tasks) if mask is not None else (),
+        keep_only_token_ids=tuple(int(i) for i in keep_only) if keep_only else None,
+        truncate_dim=truncate_dim,
+    )
 
 
 def check_multi_vector_parity(

@@ -1,15 +1,16 @@
-"""Parity gate: the exported folder, run by st_runtime, against sentence-transformers on the same texts."""
+"""What every kind's parity check shares: the probe texts, which (task, prompt) runs cover every graph and prompt
+(`parity_runs`), the comparison of two embedding matrices, and the gate. Each kind's check itself (what it encodes,
+what it compares) lives in the kind's module: bi_encoder, cross_encoder, sparse_encoder, multi_vector."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sentence_transformers import SentenceTransformer as TorchSentenceTransformer
 
-import st_runtime
 from exporters.errors import ParityError
+from st_runtime.manifest import Routing
 
 # Short, long (past any max_seq_length), empty, unicode and mixed-script texts, batched together so padding is exercised.
 PROBE_TEXTS: tuple[str, ...] = (
@@ -40,33 +41,32 @@ def max_abs_and_min_cosine(expected: np.ndarray, actual: np.ndarray) -> tuple[fl
     return float(np.abs(expected - actual).max()), float(cosine.min())
 
 
-def check_bi_encoder_parity(
-    reference: TorchSentenceTransformer, folder: Path, *, atol: float, texts: tuple[str, ...] = PROBE_TEXTS
-) -> dict[str, Any]:
-    """Encode `texts` (and, for each stored prompt, `texts` with that prompt) with both; for a Router model, also
-    with every task that has a route (each route's graph); raise above `atol`.
+def tasks_covering_routes(routing: Routing | None) -> list[str | None]:
+    """One task per graph (None: no task): [None] for a model without routes; for a Router model, a task that reaches
+    each route text can reach, in this order: no task for the default route, then the named tasks (sorted; the first
+    one per route), then, when only it reaches the route of the tasks the Router does not name, such a task. (A task
+    the Router does not name resolves as other_tasks_route says, which may be the default route.)"""
+    if routing is None:
+        return [None]
+    chosen: dict[str, str | None] = {}
+    if routing.default_route is not None:
+        chosen[routing.default_route] = None
+    for task, route in sorted(routing.tasks.items()):
+        chosen.setdefault(route, task)
+    if routing.other_tasks_route is not None and routing.other_tasks_route not in chosen:
+        chosen[routing.other_tasks_route] = next(t for t in ("document", "query", "other-task") if t not in routing.tasks)
+    return list(chosen.values())
 
-    Returns:
-        {"max_abs_diff", "min_cosine", "texts", "atol"} for the manifest.
 
-    Raises:
-        ParityError: when the largest difference exceeds `atol`.
-    """
-    runtime = st_runtime.SentenceTransformer(folder)
-    worst, min_cos, count = 0.0, 1.0, 0
-    routing = runtime.manifest.routing
-    tasks = [None] if routing is None or routing.default_route else []
-    tasks += sorted(routing.tasks) if routing else []
-    tasks = tasks or ["document"]  # a Router whose every task falls to other_tasks_route: any task name will do
-    prompt_names = [None, *sorted(name for name, text in reference.prompts.items() if text)]
-    for task, prompt_name in [(task, None) for task in tasks] + [(tasks[0], name) for name in prompt_names[1:]]:
-        task_kwargs = {"task": task} if task is not None else {}
-        expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
-                                    **task_kwargs)
-        actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False, task=task)
-        diff, cosine = max_abs_and_min_cosine(expected, actual)
-        worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
-    return parity_gate({"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol}, "The exported graph")
+def stored_prompt_names(prompts: Mapping[str, str | None]) -> list[str | None]:
+    """None (no prompt), then the name of every stored non-empty prompt, sorted."""
+    return [None, *sorted(name for name, text in prompts.items() if text)]
+
+
+def parity_runs(routing: Routing | None, prompts: Mapping[str, str | None]) -> list[tuple[str | None, str | None]]:
+    """The (task, prompt_name) runs a parity check compares: every graph (`tasks_covering_routes`) without a prompt
+    and with each stored prompt (`stored_prompt_names`)."""
+    return [(task, name) for task in tasks_covering_routes(routing) for name in stored_prompt_names(prompts)]
 
 
 def parity_gate(report: dict[str, Any], what: str) -> dict[str, Any]:

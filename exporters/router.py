@@ -28,9 +28,9 @@ ROUTER = "Router"  # sentence-transformers' Router; Asym is an alias of the same
 TEXT = "text"
 _UNKNOWN_TASK = "\x00any-other-task"  # a task name no Router maps, standing for "every task not listed"
 
-# Writes one module chain as one graph + its tokenizer; returns the Route fields (inputs, outputs, tokenizer,
-# variants, embedding_dimension, task_config).
-PipelineWriter = Callable[..., dict[str, Any]]
+# Writes one module chain as one graph + its tokenizer, and returns the graph described as a Route (inputs, outputs,
+# tokenizer, variants, embedding_dimension, task_config).
+PipelineWriter = Callable[..., Route]
 
 
 def find_router(model: nn.Sequential) -> tuple[int, nn.Module] | None:
@@ -138,9 +138,9 @@ def route_file_stems(names: list[str]) -> dict[str, str]:
 
 
 def write_routed(source: SourceModel, staging: Path, options: ExportOptions,
-                 write_pipeline: PipelineWriter) -> dict[str, Any]:
-    """Export every reachable route of a Router model with `write_pipeline` and return the manifest fields:
-    the primary route's inputs/outputs/tokenizer/variants at top level, and `routing`.
+                 write_pipeline: PipelineWriter) -> Routing:
+    """Export every reachable route of a Router model with `write_pipeline` and return the routing (the model's
+    top-level graph mirrors `routing.routes[routing.primary]`).
 
     `write_pipeline(modules, staging, *, graph_file, tokenizer_file, options)` writes one chain.
     """
@@ -155,19 +155,12 @@ def write_routed(source: SourceModel, staging: Path, options: ExportOptions,
     routes: dict[str, Route] = {}
     for name in order:
         tokenizer_file = TOKENIZER_FILE if name == primary else f"tokenizer_{stems[name]}.json"
-        fields = write_pipeline(pipelines[name], staging, graph_file=f"onnx/model_{stems[name]}.onnx",
-                                tokenizer_file=tokenizer_file, options=options)
-        fields["tokenizer"] = _share_identical_tokenizer(staging, fields["tokenizer"])
-        routes[name] = Route(modules=tuple(described[name]), **fields)
+        route = write_pipeline(pipelines[name], staging, graph_file=f"onnx/model_{stems[name]}.onnx",
+                               tokenizer_file=tokenizer_file, options=options)
+        routes[name] = dataclasses.replace(route, modules=tuple(described[name]),
+                                           tokenizer=_share_identical_tokenizer(staging, route.tokenizer))
     _drop_route_input_weights(staging, model, index, router, list(pipelines))
-    top = routes[primary]
-    return {
-        "inputs": top.inputs,
-        "outputs": top.outputs,
-        "tokenizer": top.tokenizer,
-        "variants": top.variants,
-        "routing": Routing(routes=routes, primary=primary, **table),
-    }
+    return Routing(routes=routes, primary=primary, **table)
 
 
 def _route_module_descriptions(modules: list[dict[str, Any]], index: int) -> dict[str, list[dict[str, Any]]]:

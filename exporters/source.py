@@ -47,7 +47,7 @@ def load_source(model: str | Path | nn.Module) -> tuple[SourceModel, KindExporte
     if isinstance(model, (str, Path)):
         folder, source, load_options = _locate(str(model))
         check_source_folder(folder)  # before anything from the folder is imported or its weights are read
-        kind = _kind_of(_model_type_of_path(str(folder)))
+        kind = _kind_of(model_type_of_folder(folder))
         loaded, source = _load_path(str(model), source, load_options, kind)
     else:
         kind = _kind_of(type(model).__name__)
@@ -64,10 +64,15 @@ def _kind_of(model_type: str) -> KindExporter:
     return KINDS[model_type]
 
 
-def _model_type_of_path(name: str) -> str:
+def model_type_of_folder(folder: str | Path) -> str:
     """The sentence-transformers class a folder was saved from (config_sentence_transformers.json
-    "model_type"), else a guess from the transformers architecture, else SentenceTransformer."""
-    path = Path(name)
+    "model_type"), else a guess from the transformers architecture, else SentenceTransformer. The one kind detection:
+    st-export loads the folder with that class, and the zoo compares it with a recipe's kind.
+
+    Raises:
+        ModelLoadError: one of those JSON files is not a JSON object.
+    """
+    path = Path(folder)
     st_config = path / "config_sentence_transformers.json"
     if st_config.is_file():
         model_type = _json_object(st_config).get("model_type")

@@ -5,6 +5,7 @@ vector per text; st_runtime turns it into a sparse matrix. A Router model gets o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,24 +15,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SparseEncoder
-from tokenizers import Tokenizer
 from torch import Tensor, nn
 from transformers.tokenization_utils_base import LARGE_INTEGER
 
 import st_runtime
 from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
 from exporters.errors import UnsupportedModelError
-from exporters.kinds import ExportOptions, KindExporter, SourceModel, register
-from exporters.onnx_export import export_onnx
-from exporters.parity import PROBE_TEXTS, max_abs_and_min_cosine, parity_gate
+from exporters.graphs import BATCH_AXES, EXAMPLE_TEXTS, ONNX_FILE, dynamic_axes, export_graph
+from exporters.kinds import ExportOptions, KindExporter, SourceModel, WrittenModel, register
+from exporters.parity import PROBE_TEXTS, max_abs_and_min_cosine, parity_gate, parity_runs
 from exporters.router import find_router, write_routed
 from exporters.source import graph_input_names
-from st_runtime.manifest import Routing, TokenizerSpec, Variant
+from st_runtime.manifest import Route, TokenizerSpec
+from st_runtime.task_configs import SparseEncoderConfig, SparseGraphConfig, SpladePooling
 
-ONNX_FILE = "onnx/model.onnx"
-SEQUENCE_AXES = {0: "batch_size", 1: "sequence_length"}
 TRANSFORMER_MODULES = ("Transformer", "MLMTransformer")
-EXAMPLE_TEXTS = ["a short text", "a somewhat longer text for tracing the graph"]
 
 
 class SpladeGraph(nn.Module):
@@ -153,33 +151,31 @@ def untransposed_output_embeddings(transformer: nn.Module) -> Iterator[None]:
             linear.forward = previous
 
 
-def write_sparse_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> dict[str, Any]:
-    """Write the graph(s) and tokenizer(s); return the manifest fields of a sparse-embedding model."""
+def write_sparse_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> WrittenModel:
+    """Write the graph(s) and tokenizer(s) of a sparse-embedding model and describe them."""
     model: SparseEncoder = source.model
-    fields = {
-        "similarity_fn_name": model.similarity_fn_name,
-        "prompts": dict(model.prompts),
-        "default_prompt_name": model.default_prompt_name,
-    }
     if find_router(model) is not None:
-        routed = write_routed(source, staging, options, write_pipeline)
-        routing: Routing = routed["routing"]
+        routing = write_routed(source, staging, options, write_pipeline)
+        primary = routing.routes[routing.primary]
         # sentence-transformers' answer (the first route that knows its size), else the primary route's
-        dimension = model.get_embedding_dimension() or routing.routes[routing.primary].embedding_dimension
-        task_config = {"vocab_size": dimension, "max_active_dims": model.max_active_dims}
-        return fields | routed | {"embedding_dimension": dimension, "task_config": task_config}
-    route = write_pipeline(list(model), staging, graph_file=ONNX_FILE, tokenizer_file=TOKENIZER_FILE, options=options)
-    route["task_config"] = route["task_config"] | {"max_active_dims": model.max_active_dims}
-    return fields | route
+        dimension = model.get_embedding_dimension() or primary.embedding_dimension
+        config = SparseEncoderConfig(vocab_size=dimension, splade=None, max_active_dims=model.max_active_dims)
+        graph = dataclasses.replace(primary, embedding_dimension=dimension, task_config=config)
+    else:
+        routing = None
+        graph = write_pipeline(list(model), staging, graph_file=ONNX_FILE, tokenizer_file=TOKENIZER_FILE, options=options)
+        config = SparseEncoderConfig(vocab_size=graph.task_config.vocab_size, splade=graph.task_config.splade,
+                                     max_active_dims=model.max_active_dims)
+        graph = dataclasses.replace(graph, task_config=config)
+    return WrittenModel(graph=graph, routing=routing, similarity_fn_name=model.similarity_fn_name,
+                        prompts=dict(model.prompts), default_prompt_name=model.default_prompt_name)
 
 
 def write_pipeline(
     modules: list[nn.Module], staging: Path, *, graph_file: str, tokenizer_file: str, options: ExportOptions
-) -> dict[str, Any]:
-    """Export one sparse module chain (a whole model, or one route of a Router) as one graph with its tokenizer.
-
-    Returns:
-        The Route fields: inputs, outputs, tokenizer, variants, embedding_dimension, task_config.
+) -> Route:
+    """Export one sparse module chain (a whole model, or one route of a Router) as one graph with its tokenizer, and
+    describe it (its task_config: a SparseGraphConfig).
 
     Raises:
         UnsupportedModelError: the chain is neither an MLM Transformer followed by SpladePooling nor a lone
@@ -200,57 +196,40 @@ def write_pipeline(
 
 
 def _write_splade(transformer: nn.Module, pooling: nn.Module, staging: Path, *, graph_file: str, tokenizer_file: str,
-                  options: ExportOptions) -> dict[str, Any]:
-    tokenizer = write_tokenizer(transformer.tokenizer, transformer.max_seq_length, staging / tokenizer_file)
+                  options: ExportOptions) -> Route:
+    tokenizer = write_tokenizer(transformer.tokenizer, staging / tokenizer_file, max_seq_length=transformer.max_seq_length)
     input_names = graph_input_names([transformer])
     example = transformer.preprocess(EXAMPLE_TEXTS)
     inputs = {name: example[name] for name in input_names}
     graph = SpladeGraph(transformer, pooling, input_names).eval()
     with torch.no_grad():
         vocab_size = int(graph(*inputs.values()).shape[-1])
-    axes = {name: SEQUENCE_AXES for name in input_names} | {"sentence_embedding": {0: "batch_size"}}
+    axes = dynamic_axes(input_names, {"sentence_embedding": BATCH_AXES})
     with untransposed_output_embeddings(transformer):
-        export_onnx(graph, inputs, staging / graph_file, output_names=list(SpladeGraph.output_names), dynamic_axes=axes,
-                    opset=options.opset, external_data=options.external_data)
-    return {
-        "inputs": tuple(inputs),
-        "outputs": SpladeGraph.output_names,
-        "tokenizer": tokenizer,
-        "variants": (Variant(name="fp32", file=graph_file, precision="fp32"),),
-        "embedding_dimension": vocab_size,
-        "task_config": {
-            "vocab_size": vocab_size,
-            "pooling_strategy": graph.pooling_strategy,
-            "activation_function": graph.activation_function,
-            "chunk_size": graph.chunk_size,
-        },
-    }
+        variants = export_graph(graph, inputs, staging, graph_file, options, axes=axes)
+    splade = SpladePooling(pooling_strategy=graph.pooling_strategy, activation_function=graph.activation_function,
+                           chunk_size=graph.chunk_size)
+    return Route(inputs=tuple(inputs), outputs=SpladeGraph.output_names, tokenizer=tokenizer, variants=variants,
+                 embedding_dimension=vocab_size, task_config=SparseGraphConfig(vocab_size=vocab_size, splade=splade))
 
 
 def _write_sparse_static(static_embedding: nn.Module, staging: Path, *, graph_file: str, tokenizer_file: str,
-                         options: ExportOptions) -> dict[str, Any]:
-    tokenizer = write_tokenizer_without_special_tokens(static_embedding.tokenizer, staging / tokenizer_file)
+                         options: ExportOptions) -> Route:
+    tokenizer = write_sparse_static_tokenizer(static_embedding.tokenizer, staging / tokenizer_file)
     example = static_embedding.preprocess(EXAMPLE_TEXTS)  # padded, without special tokens
     inputs = {name: example[name] for name in SparseStaticGraph.input_names}
     graph = SparseStaticGraph(static_embedding).eval()
     vocab_size = int(graph.weight.shape[0])
-    axes = {name: SEQUENCE_AXES for name in inputs} | {"sentence_embedding": {0: "batch_size"}}
-    export_onnx(graph, inputs, staging / graph_file, output_names=list(SparseStaticGraph.output_names), dynamic_axes=axes,
-                opset=options.opset, external_data=options.external_data)
-    return {
-        "inputs": tuple(inputs),
-        "outputs": SparseStaticGraph.output_names,
-        "tokenizer": tokenizer,
-        "variants": (Variant(name="fp32", file=graph_file, precision="fp32"),),
-        "embedding_dimension": vocab_size,
-        "task_config": {"vocab_size": vocab_size},
-    }
+    variants = export_graph(graph, inputs, staging, graph_file, options,
+                            axes=dynamic_axes(inputs, {"sentence_embedding": BATCH_AXES}))
+    return Route(inputs=tuple(inputs), outputs=SparseStaticGraph.output_names, tokenizer=tokenizer, variants=variants,
+                 embedding_dimension=vocab_size, task_config=SparseGraphConfig(vocab_size=vocab_size, splade=None))
 
 
-def write_tokenizer_without_special_tokens(hf_tokenizer: Any, path: Path) -> TokenizerSpec:
-    """Write a transformers fast tokenizer as SparseStaticEmbedding applies it (`tokenizer(texts, padding=True,
-    truncation=True, add_special_tokens=False)`): its post-processor dropped, so the runtime's encode adds no special
-    tokens; truncated at the tokenizer's model_max_length (never, where that is unset); padded as the tokenizer pads.
+def write_sparse_static_tokenizer(hf_tokenizer: Any, path: Path) -> TokenizerSpec:
+    """Write a SparseStaticEmbedding's transformers fast tokenizer as the module applies it (`tokenizer(texts,
+    padding=True, truncation=True, add_special_tokens=False)`): no special tokens; truncated at the tokenizer's
+    model_max_length (never, where that is unset); padded as the tokenizer pads.
 
     Raises:
         UnsupportedModelError: a slow tokenizer (no tokenizer.json), or one without a pad token (sentence-transformers
@@ -261,23 +240,9 @@ def write_tokenizer_without_special_tokens(hf_tokenizer: Any, path: Path) -> Tok
             f"The SparseStaticEmbedding's tokenizer ({type(hf_tokenizer).__name__}) is not a fast tokenizer with a pad "
             "token, so no tokenizer.json can reproduce it. Give the module a fast tokenizer with a pad token first."
         )
-    model_max_length = hf_tokenizer.model_max_length
-    spec = TokenizerSpec(
-        file=path.name,
-        max_seq_length=int(model_max_length) if model_max_length <= LARGE_INTEGER else None,  # as transformers decides
-        pad_token=str(hf_tokenizer.pad_token),
-        pad_token_id=int(hf_tokenizer.pad_token_id),
-        padding_side=hf_tokenizer.padding_side,
-        truncation_side=hf_tokenizer.truncation_side,
-    )
-    backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())  # a copy: the source model is untouched
-    backend.post_processor = None
-    backend.no_truncation()
-    if spec.max_seq_length is not None:
-        backend.enable_truncation(max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side)
-    backend.enable_padding(direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token)
-    backend.save(str(path))
-    return spec
+    limit = hf_tokenizer.model_max_length  # "no limit" above LARGE_INTEGER, as transformers decides
+    return write_tokenizer(hf_tokenizer, path, max_seq_length=int(limit) if limit <= LARGE_INTEGER else None,
+                           special_tokens=False)
 
 
 def check_sparse_encoder_parity(
@@ -285,7 +250,7 @@ def check_sparse_encoder_parity(
 ) -> dict[str, Any]:
     """Encode `texts` (and, for each stored non-empty prompt, `texts` with that prompt) with both, densified and with
     every dimension kept (max_active_dims = vocabulary size), so the graph itself is compared; for a Router model,
-    through every route (each with a task that reaches it); raise above `atol`.
+    through every route (each with a task that reaches it: `parity_runs`); raise above `atol`.
 
     Returns:
         {"max_abs_diff", "min_cosine", "texts", "atol"} for the manifest.
@@ -296,30 +261,17 @@ def check_sparse_encoder_parity(
     runtime = st_runtime.SparseEncoder(folder)
     routing = runtime.manifest.routing
     worst, min_cos, count = 0.0, 1.0, 0
-    prompt_names = [None, *sorted(name for name, text in reference.prompts.items() if text)]
-    for task in [None] if routing is None else one_task_per_route(routing):
+    for task, prompt_name in parity_runs(routing, reference.prompts):
         task_kwargs = {"task": task} if task is not None else {}
         keep_all = runtime.routes.graph(task).route.embedding_dimension or runtime.get_embedding_dimension()
-        for prompt_name in prompt_names:
-            expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
-                                        convert_to_sparse_tensor=False, max_active_dims=keep_all, **task_kwargs)
-            actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
-                                    convert_to_sparse_tensor=False, max_active_dims=keep_all, task=task)
-            diff, cosine = max_abs_and_min_cosine(expected.cpu().numpy(), np.asarray(actual))
-            worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
+        expected = reference.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
+                                    convert_to_sparse_tensor=False, max_active_dims=keep_all, **task_kwargs)
+        actual = runtime.encode(list(texts), prompt_name=prompt_name, batch_size=4, show_progress_bar=False,
+                                convert_to_sparse_tensor=False, max_active_dims=keep_all, task=task)
+        diff, cosine = max_abs_and_min_cosine(expected.cpu().numpy(), np.asarray(actual))
+        worst, min_cos, count = max(worst, diff), min(min_cos, cosine), count + len(texts)
     return parity_gate({"max_abs_diff": worst, "min_cosine": min_cos, "texts": count, "atol": atol},
                        "The exported sparse encoder")
-
-
-def one_task_per_route(routing: Routing) -> list[str | None]:
-    """A task (None: no task) that reaches each route: no task for the default route, then the named tasks. (A task
-    the Router does not name resolves as no task does, so other_tasks_route, when set, is the default route.)"""
-    chosen: dict[str, str | None] = {}
-    if routing.default_route is not None:
-        chosen[routing.default_route] = None
-    for task, route in sorted(routing.tasks.items()):
-        chosen.setdefault(route, task)
-    return list(chosen.values())
 
 
 SPARSE_ENCODER = register(KindExporter(

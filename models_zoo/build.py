@@ -16,13 +16,12 @@ from typing import Any
 
 from models_zoo.errors import FloorError, ModelMismatchError, SourceNotFoundError
 from models_zoo.recipe import Recipe, VariantSpec, find_recipe, get_recipe
-from models_zoo.results import METRICS, append_results, machine, now
+from models_zoo.results import append_results, machine, metric_name, now
 from models_zoo.sources import Resolved, describe, resolve
 from models_zoo.variants import quantizer_config, select
 
 ZOO_FILE = "zoo.json"
-TASKS = {"SentenceTransformer": "sentence-embedding", "CrossEncoder": "text-ranking", "SparseEncoder": "sparse-embedding",
-         "MultiVectorEncoder": "multi-vector-embedding"}
+RECORDED_PACKAGES = ("onnxruntime", "openvino")  # the engines whose version a result line records
 
 
 @dataclass(frozen=True)
@@ -37,20 +36,10 @@ class BuildReport:
 
 
 def detect_kind(folder: Path) -> str:
-    """The sentence-transformers class st-export would load `folder` with (as exporters.source decides)."""
-    st_config = folder / "config_sentence_transformers.json"
-    if st_config.is_file():
-        model_type = json.loads(st_config.read_text(encoding="utf-8")).get("model_type")
-        if model_type:
-            return model_type
-    hf_config = folder / "config.json"
-    if hf_config.is_file() and not (folder / "modules.json").is_file():
-        architectures = json.loads(hf_config.read_text(encoding="utf-8")).get("architectures") or []
-        if any(a.endswith("ForSequenceClassification") for a in architectures):
-            return "CrossEncoder"
-        if any(a.endswith("ForMaskedLM") for a in architectures):
-            return "SparseEncoder"
-    return "SentenceTransformer"
+    """The sentence-transformers class st-export would load `folder` with (exporters.source decides it)."""
+    from exporters.source import model_type_of_folder
+
+    return model_type_of_folder(folder)
 
 
 def export_target(resolved: Resolved) -> Any:
@@ -90,10 +79,12 @@ def check_model(manifest: Any, recipe: Recipe) -> None:
     Raises:
         ModelMismatchError
     """
-    if manifest.task != TASKS[recipe.kind]:
+    from st_runtime.kinds import CLASS_TASKS
+
+    if manifest.task != CLASS_TASKS[recipe.kind]:
         raise ModelMismatchError(f"{recipe.name} exported as a {manifest.task!r} model, the recipe expects a "
-                                 f"{recipe.kind} ({TASKS[recipe.kind]!r}).")
-    dimension = manifest.task_config.get("num_labels") if recipe.kind == "CrossEncoder" else manifest.embedding_dimension
+                                 f"{recipe.kind} ({CLASS_TASKS[recipe.kind]!r}).")
+    dimension = manifest.task_config.num_labels if recipe.kind == "CrossEncoder" else manifest.embedding_dimension
     if dimension != recipe.dimension:
         raise ModelMismatchError(f"{recipe.name} exported with dimension {dimension}, the recipe expects "
                                  f"{recipe.dimension}; is it the right model?")
@@ -125,10 +116,8 @@ def measure_speed(folder: Path, manifest: Any, names: Sequence[str], texts: Sequ
     the variants taking turns in each round so that they share the machine's slow and fast moments alike."""
     import st_runtime
 
-    cls = {"sentence-embedding": st_runtime.SentenceTransformer, "text-ranking": st_runtime.CrossEncoder,
-           "sparse-embedding": st_runtime.SparseEncoder, "multi-vector-embedding": st_runtime.MultiVectorEncoder}[manifest.task]
     items = speed_items(manifest.task, texts)
-    models = {n: cls(folder, variant=n, intra_op_num_threads=threads) for n in names}
+    models = {n: st_runtime.load(folder, variant=n, intra_op_num_threads=threads) for n in names}
 
     def run(model: Any, batch: list) -> None:
         if manifest.task == "text-ranking":
@@ -152,18 +141,6 @@ def variant_size_mb(folder: Path, file: str) -> float:
     path = folder / file
     siblings = [p for p in path.parent.iterdir() if p.name == path.name or p.name.startswith(path.stem + ".")]
     return sum(p.stat().st_size for p in siblings if p.is_file()) / 1e6
-
-
-def _versions() -> dict[str, str | None]:
-    import importlib.metadata
-
-    versions: dict[str, str | None] = {}
-    for package in ("onnxruntime", "openvino"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def build(
@@ -217,6 +194,7 @@ def build(
 
     def post_process(staging: Path):
         from quantizers import quantize
+        from st_runtime.machine import package_versions
         from st_runtime.manifest import load_manifest
 
         manifest = load_manifest(staging)
@@ -234,8 +212,8 @@ def build(
                 "size_mb": round(variant_size_mb(staging, v.file), 2),
                 "texts_per_s": round(speeds[v.name], 2), "speedup": round(speeds[v.name] / speeds["fp32"], 3),
                 "score": None if v.accuracy is None else v.accuracy["score"], "accuracy": v.accuracy,
-                "metric": METRICS[manifest.task], "floor": None if spec is None else spec.min_score,
-                "machine": host, "date": stamp, "versions": _versions(),
+                "metric": metric_name(manifest.task), "floor": None if spec is None else spec.min_score,
+                "machine": host, "date": stamp, "versions": package_versions(RECORDED_PACKAGES, missing=True),
             })
         zoo = {"format_version": 1, "recipe": recipe.name, "kind": recipe.kind, "hf_id": recipe.hf_id,
                "source": {"type": resolved.source.type, "description": describe(resolved.source),

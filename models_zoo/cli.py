@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from models_zoo.recipe import VARIANT_KEYS, Recipe, get_recipe, load_recipes
 from models_zoo.results import default_results_file, markdown_table, read_results
 from models_zoo.sources import describe, how_to_provide, probe
-from st_runtime.errors import StRuntimeError
+from st_runtime.errors import run_cli
 
 EXAMPLES = """examples:
   st-zoo list -v                                   # recipes, and which of their sources this machine has
@@ -94,39 +93,37 @@ def build_summary(report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run st-zoo; returns the exit code."""
+    """Run st-zoo; returns the exit code (expected failures: one `st-zoo: error:` line, exit 1)."""
     args = build_parser().parse_args(argv)
+    return run_cli("st-zoo", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("models_zoo", "exporters", "quantizers"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
-    try:
-        recipes = load_recipes(args.recipes)
-        if args.command == "list":
-            print(list_recipes(recipes, verbose=args.verbose))
-        elif args.command == "results":
-            table = markdown_table(read_results(args.results), all_records=args.all)
-            if args.markdown:
-                args.markdown.write_text(table, encoding="utf-8")
-            print(table, end="")
-        elif args.command == "resolve":
-            from models_zoo.sources import resolve
+    recipes = load_recipes(args.recipes)
+    if args.command == "list":
+        print(list_recipes(recipes, verbose=args.verbose))
+    elif args.command == "results":
+        table = markdown_table(read_results(args.results), all_records=args.all)
+        if args.markdown:
+            args.markdown.write_text(table, encoding="utf-8")
+        print(table, end="")
+    elif args.command == "resolve":
+        from models_zoo.sources import resolve
 
-            resolved = resolve(get_recipe(args.name, recipes))
-            print(resolved.folder)
-        else:
-            from models_zoo.build import build
+        resolved = resolve(get_recipe(args.name, recipes))
+        print(resolved.folder)
+    else:
+        from models_zoo.build import build
 
-            report = build(get_recipe(args.name, recipes), args.output, variants=args.variants,
-                           overwrite=args.overwrite, results_file=args.results, record_results=not args.no_record,
-                           repeats=args.repeats, threads=args.threads)
-            if not quiet:
-                print(build_summary(report))
-    except (StRuntimeError, ImportError, OSError) as exc:
-        if os.environ.get("ST_RUNTIME_DEBUG") == "1":
-            raise
-        print(f"st-zoo: error: {exc}", file=sys.stderr)
-        return 1
+        report = build(get_recipe(args.name, recipes), args.output, variants=args.variants,
+                       overwrite=args.overwrite, results_file=args.results, record_results=not args.no_record,
+                       repeats=args.repeats, threads=args.threads)
+        if not quiet:
+            print(build_summary(report))
     return 0
 
 

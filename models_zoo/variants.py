@@ -1,4 +1,5 @@
-"""Recipe variant keys -> quantizers configurations (the same names as st-export's flags)."""
+"""Recipe variant keys -> quantizers configurations: quantizers/variants.py's table, the one vocabulary st-export's
+flags expand to as well."""
 
 from __future__ import annotations
 
@@ -6,33 +7,22 @@ from collections.abc import Sequence
 
 from models_zoo.errors import UnknownVariantError
 from models_zoo.recipe import VariantSpec
+from quantizers.configs import QuantizationConfig
+from quantizers.variants import VARIANTS, VariantOptions, canonical
 
 
-def quantizer_config(spec: VariantSpec, calibration_texts: tuple[str, ...] | None = None):
-    """The quantizers config that builds `spec` (imports quantizers, which needs the export extra).
+def quantizer_config(spec: VariantSpec, calibration_texts: tuple[str, ...] | None = None) -> QuantizationConfig:
+    """The quantizers config that builds `spec`.
 
     Args:
         spec: a recipe variant.
         calibration_texts: texts for the static int8 variants (None: the set quantizers ships).
-    """
-    from quantizers import DynamicInt8, Fp16, OpenVino, OpenVinoInt8Weights, OpenVinoStaticInt8, Optimize, StaticInt8
 
-    key = spec.variant
-    if key == "int8":
-        return DynamicInt8(isa=spec.isa)
-    if key == "int8-static":
-        return StaticInt8(calibration_texts=calibration_texts, method=spec.method or "minmax", isa=spec.isa)
-    if key in ("O1", "O2", "O3", "O4"):
-        return Optimize(key)
-    if key == "fp16":
-        return Fp16()
-    if key in ("openvino", "openvino-fp16", "openvino-bf16"):
-        return OpenVino("fp32" if key == "openvino" else key.split("-")[1])
-    if key == "openvino-int8":
-        return OpenVinoInt8Weights()
-    if key == "openvino-int8-static":
-        return OpenVinoStaticInt8(calibration_texts=calibration_texts)
-    raise ValueError(f"Unknown variant key {key!r}.")
+    Raises:
+        ValueError: an unknown variant key.
+    """
+    options = VariantOptions(isa=spec.isa, method=spec.method, calibration_texts=calibration_texts)
+    return VARIANTS[canonical(spec.variant)].config(options)
 
 
 def select(specs: Sequence[VariantSpec], keys: Sequence[str] | None, recipe_name: str) -> tuple[VariantSpec, ...]:

@@ -10,21 +10,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from quantizers import accuracy, onnx_passes, openvino_passes
-from quantizers.calibration import calibration_feeds
-from quantizers.configs import (
-    DynamicInt8,
-    Fp16,
-    OpenVino,
-    OpenVinoInt8Weights,
-    OpenVinoStaticInt8,
-    Optimize,
-    QuantizationConfig,
-    StaticInt8,
-)
+from quantizers import accuracy
+from quantizers.configs import DynamicInt8, PassJob, QuantizationConfig
 from quantizers.errors import AccuracyError, QuantizationError
-from quantizers.isa import detect_isa
-from quantizers.texts import calibration_texts, heldout_texts
+from quantizers.texts import heldout_texts
+from quantizers.variants import variant_config
 from st_runtime.manifest import Manifest, Variant, load_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -35,19 +25,19 @@ DYNAMIC_RETRY_BELOW = 0.99
 
 def quantize(
     folder: str | Path,
-    configs: Sequence[QuantizationConfig],
+    configs: Sequence[QuantizationConfig | str],
     *,
     min_accuracy: float | None = None,
     heldout: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Manifest:
-    """Write each configured variant into `folder` and record it (file, precision, ISA, sha256, accuracy)
-    in the manifest.
+    """Write each configured variant into `folder` and record it (file, precision, ISA, sha256, accuracy, and the
+    pass's report, e.g. an optimization's fusions) in the manifest.
 
     Args:
         folder: a folder written by st-export.
         configs: passes to run (Optimize, DynamicInt8, StaticInt8, Fp16, OpenVino, OpenVinoInt8Weights,
-            OpenVinoStaticInt8).
+            OpenVinoStaticInt8), or variant names ("O3", "int8", "openvino-int8": quantizers.variants).
         min_accuracy: the lowest accepted accuracy score (mean cosine for embeddings, Spearman for rerankers,
             top-k overlap for sparse); below it, nothing at all is written and AccuracyError is raised.
         heldout: texts for the accuracy report (default: the held-out set shipped in quantizers/data).
@@ -57,8 +47,10 @@ def quantize(
         The updated manifest.
 
     Raises:
-        AccuracyError, QuantizationError (a variant exists without overwrite; a model with routes).
+        AccuracyError, QuantizationError (a variant exists without overwrite; a model with routes; an O2-O4
+        optimization that fuses nothing), ValueError (an unknown variant name).
     """
+    configs = [variant_config(c) if isinstance(c, str) else c for c in configs]
     folder = Path(folder)
     manifest = load_manifest(folder)
     if getattr(manifest, "routing", None) is not None:
@@ -79,15 +71,19 @@ def quantize(
         for config in configs:
             target = scratch_dir / config.file
             target.parent.mkdir(parents=True, exist_ok=True)
-            shared = [p for p in (folder / config.file, target) if p.exists()]  # an IR another variant wrote
-            variant = _run_pass(config, folder, manifest, folder / fp32.file, target, reuse=bool(shared))
+            # An IR that another variant wrote (OpenVINO fp32 and bf16 share one), in this run or before; a variant
+            # that replaces its own earlier file (overwrite) writes it anew.
+            others = {v.file for v in manifest.variants if v.name != config.name}
+            shared = [p for p in (folder / config.file, target) if p.exists() and (p == target or config.file in others)]
+            job = PassJob(folder=folder, manifest=manifest, src=folder / fp32.file, dst=target, reuse=bool(shared))
+            variant = replace(config.variant(), report=config.apply(job) or None)
             trial = replace(variant, file=(shared[0] if shared else target).relative_to(folder).as_posix())
             report = accuracy.measure(folder, replace(manifest, variants=(*manifest.variants, trial)), trial, texts,
                                       reference=reference)
             if isinstance(config, DynamicInt8) and not config.float_ffn_output and report["score"] < DYNAMIC_RETRY_BELOW:
                 # Activation outliers in the feed-forward down-projections: keep those products in float.
                 logger.info("%s reaches %.5f; retrying with the feed-forward outputs in float.", config.name, report["score"])
-                _run_pass(replace(config, float_ffn_output=True), folder, manifest, folder / fp32.file, target)
+                variant = replace(variant, report=replace(config, float_ffn_output=True).apply(job) or None)
                 retry = accuracy.measure(folder, replace(manifest, variants=(*manifest.variants, trial)), trial, texts,
                                          reference=reference)
                 report = {**retry, "ffn_output_in_float": 1.0}
@@ -109,39 +105,6 @@ def quantize(
     manifest = replace(manifest, variants=variants, files=files)
     _save_atomically(manifest, folder)
     return manifest
-
-
-def _run_pass(config: QuantizationConfig, folder: Path, manifest: Manifest, src: Path, dst: Path,
-              reuse: bool = False) -> Variant:
-    """Write the variant's file(s) at `dst` (unless `reuse`: an OpenVINO IR already written for another
-    precision) and describe it; its final file name is config.file."""
-    common = {"name": config.name, "file": config.file, "precision": config.precision}
-    if isinstance(config, Optimize):
-        onnx_passes.optimize(src, dst, config, onnx_passes.fusion_model_type(folder))
-        return Variant(**common)
-    if isinstance(config, Fp16):
-        onnx_passes.fp16(src, dst)
-        return Variant(**common)
-    if isinstance(config, DynamicInt8):
-        onnx_passes.dynamic_int8(src, dst, config)
-        return Variant(**common, isa=config.target_isa)
-    if isinstance(config, StaticInt8):
-        texts = config.calibration_texts or calibration_texts()
-        feeds = calibration_feeds(folder, manifest, texts, manifest.inputs, same_length=config.method != "minmax")
-        onnx_passes.static_int8(src, dst, config, feeds)
-        return Variant(**common, isa=config.isa or detect_isa())
-    if isinstance(config, OpenVino):
-        if not reuse:
-            openvino_passes.convert(src, dst, fp16=config.precision == "fp16")
-        return Variant(**common, backend="openvino", inference_precision="bf16" if config.precision == "bf16" else "fp32")
-    if isinstance(config, OpenVinoInt8Weights):
-        openvino_passes.int8_weights(src, dst)
-        return Variant(**common, backend="openvino", inference_precision="fp32")
-    if isinstance(config, OpenVinoStaticInt8):
-        texts = config.calibration_texts or calibration_texts()
-        openvino_passes.static_int8(src, dst, calibration_feeds(folder, manifest, texts, manifest.inputs))
-        return Variant(**common, backend="openvino", inference_precision="fp32", isa=detect_isa())
-    raise QuantizationError(f"Unknown quantization config {config!r}.")
 
 
 def _describe(report: dict[str, float]) -> str:

@@ -1,26 +1,84 @@
-"""Frozen configurations of the passes; each names the variant (and file) it writes, following
-sentence-transformers' file names (onnx/model_O3.onnx, onnx/model_qint8_avx512_vnni.onnx, openvino/...)."""
+"""Frozen configurations of the passes. Each names the variant (and file) it writes, following sentence-transformers'
+file names (onnx/model_O3.onnx, onnx/model_qint8_avx512_vnni.onnx, openvino/...), and applies itself: `apply` writes
+the variant's file(s) and returns a report that the manifest keeps (Variant.report), e.g. an optimization's fusions.
+Which variant a name (a recipe key, a manifest name, st-export's flags) stands for: quantizers/variants.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
 
-from quantizers.isa import ISAS, detect_isa
+from quantizers.errors import QuantizationError
+from st_runtime.machine import ISAS, detect_isa
+from st_runtime.manifest import Manifest, Variant
 
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 OptimizationLevel = Literal["O1", "O2", "O3", "O4"]
+OPTIMIZATION_LEVELS: tuple[str, ...] = get_args(OptimizationLevel)
 
 
 @dataclass(frozen=True)
-class Optimize:
+class PassJob:
+    """What a pass reads and where it writes."""
+
+    folder: Path  # the exported folder
+    manifest: Manifest  # its manifest
+    src: Path  # the fp32 graph
+    dst: Path  # the file to write (the variant's `file` once it is moved into the folder)
+    reuse: bool = False  # the file exists already (an OpenVINO IR that another precision of it wrote)
+
+
+class Pass:
+    """What every configuration shares: the manifest entry of its variant, and `apply`."""
+
+    name: str  # the variant's name in the manifest
+    file: str  # its file, relative to the folder
+    precision: str
+    backend: ClassVar[str] = "onnxruntime"
+
+    @property
+    def variant_isa(self) -> str | None:
+        """The ISA the variant was built for (int8 presets), recorded in the manifest."""
+        return None
+
+    @property
+    def inference_precision(self) -> str | None:
+        return None
+
+    def variant(self) -> Variant:
+        """The manifest entry of the variant (quantize adds its report and accuracy)."""
+        return Variant(name=self.name, file=self.file, precision=self.precision, isa=self.variant_isa,
+                       backend=self.backend, inference_precision=self.inference_precision)
+
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Write the variant's file(s) at job.dst and return what the pass did ({}: nothing worth recording).
+
+        Raises:
+            QuantizationError: the pass cannot make a useful variant of this graph.
+        """
+        raise NotImplementedError
+
+
+class OnnxPass(Pass):
+    """A pass writing an onnxruntime graph, onnx/model_<name>.onnx."""
+
+    @property
+    def file(self) -> str:
+        return f"onnx/model_{self.name}.onnx"
+
+
+@dataclass(frozen=True)
+class Optimize(OnnxPass):
     """onnxruntime graph optimizations. O1 basic; O2 + transformer fusions (attention, skip-layernorm,
-    bias-gelu, embed-layernorm); O3 O2 + gelu approximation; O4 O3 + fp16 (for GPUs)."""
+    bias-gelu, embed-layernorm); O3 O2 + gelu approximation; O4 O3 + fp16 (for GPUs). O2-O4 must fuse something:
+    without a fusion the variant would be a copy of the fp32 graph."""
 
     level: OptimizationLevel = "O2"
 
     def __post_init__(self) -> None:
-        if self.level not in ("O1", "O2", "O3", "O4"):
+        if self.level not in OPTIMIZATION_LEVELS:
             raise ValueError(f"Optimization level must be O1, O2, O3 or O4, got {self.level!r}.")
 
     @property
@@ -28,22 +86,37 @@ class Optimize:
         return self.level
 
     @property
-    def file(self) -> str:
-        return f"onnx/model_{self.level}.onnx"
-
-    @property
     def precision(self) -> str:
         return "fp16" if self.level == "O4" else "fp32"
 
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Returns {"fusions": {operator: count}} (the fused operators the optimizer added; {} for O1).
+
+        Raises:
+            QuantizationError: O2-O4 fused nothing.
+        """
+        from quantizers import onnx_passes
+
+        model_type = onnx_passes.fusion_model_type(job.folder)
+        fusions = onnx_passes.optimize(job.src, job.dst, self, model_type)
+        if self.level != "O1" and not fusions:
+            raise QuantizationError(
+                f"{self.level} fused nothing in this graph: onnxruntime's {model_type!r} optimizer found no attention, "
+                "layer-norm or GELU pattern, so the variant would only be a copy of the fp32 graph. Nothing was "
+                "written; use O1 (basic graph optimizations) for this model, or no optimization."
+            )
+        return {"fusions": fusions} if fusions else {}
+
 
 @dataclass(frozen=True)
-class DynamicInt8:
+class DynamicInt8(OnnxPass):
     """Dynamic int8 (weights quantized offline, activations at run time), preset per ISA."""
 
     isa: str | None = None  # None: detect from this CPU
     # Keep the feed-forward down-projections' activations in float (weights still int8): set automatically by
     # quantize() when the full variant falls under DYNAMIC_RETRY_BELOW (all-mpnet-base-v2: 0.869 -> 0.989).
     float_ffn_output: bool = False
+    precision = "int8"
 
     def __post_init__(self) -> None:
         if self.isa is not None and self.isa not in ISAS:
@@ -67,22 +140,27 @@ class DynamicInt8:
         return f"{self.weight_type}_{self.target_isa}"
 
     @property
-    def file(self) -> str:
-        return f"onnx/model_{self.name}.onnx"
+    def variant_isa(self) -> str | None:
+        return self.target_isa
 
-    precision = "int8"
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Returns {"quantized_nodes": n} (and "float_ffn_outputs": m, the products kept in float)."""
+        from quantizers import onnx_passes
+
+        return onnx_passes.dynamic_int8(job.src, job.dst, self)
 
 
 @dataclass(frozen=True)
-class StaticInt8:
+class StaticInt8(OnnxPass):
     """Static int8 in QDQ form, activation ranges calibrated on texts (one per line in a file)."""
 
     calibration_texts: tuple[str, ...] | None = None  # None: the set shipped in quantizers/data
     method: CalibrationMethod = "minmax"
     isa: str | None = None
+    precision = "int8"
 
     def __post_init__(self) -> None:
-        if self.method not in ("minmax", "entropy", "percentile"):
+        if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"Calibration method must be minmax, entropy or percentile, got {self.method!r}.")
 
     @property
@@ -90,23 +168,46 @@ class StaticInt8:
         return f"qint8_static_{self.method}"
 
     @property
-    def file(self) -> str:
-        return f"onnx/model_{self.name}.onnx"
+    def variant_isa(self) -> str | None:
+        return self.isa or detect_isa()
 
-    precision = "int8"
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Returns {"quantized_nodes": n, "calibration_texts": m}."""
+        from quantizers import onnx_passes
+        from quantizers.calibration import calibration_feeds
+        from quantizers.texts import calibration_texts
+
+        texts = self.calibration_texts or calibration_texts()
+        feeds = calibration_feeds(job.folder, job.manifest, texts, job.manifest.inputs, same_length=self.method != "minmax")
+        return onnx_passes.static_int8(job.src, job.dst, self, feeds) | {"calibration_texts": len(texts)}
 
 
 @dataclass(frozen=True)
-class Fp16:
+class Fp16(OnnxPass):
     """fp16 weights and compute (inputs and outputs stay int64/fp32); for GPUs."""
 
     name = "fp16"
-    file = "onnx/model_fp16.onnx"
     precision = "fp16"
+
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        from quantizers import onnx_passes
+
+        onnx_passes.fp16(job.src, job.dst)
+        return {}
+
+
+class OpenVinoPass(Pass):
+    """A pass writing an OpenVINO IR (openvino/*.xml and its .bin), run in fp32 unless a hint says otherwise."""
+
+    backend: ClassVar[str] = "openvino"
+
+    @property
+    def inference_precision(self) -> str | None:
+        return "fp32"
 
 
 @dataclass(frozen=True)
-class OpenVino:
+class OpenVino(OpenVinoPass):
     """OpenVINO IR converted from the fp32 graph. fp32 and bf16 share the fp32 IR (bf16 is OpenVINO's inference
     precision on CPUs with AVX-512 BF16 / AMX); fp16 stores the weights in half precision."""
 
@@ -124,24 +225,55 @@ class OpenVino:
     def file(self) -> str:
         return "openvino/openvino_model_fp16.xml" if self.precision == "fp16" else "openvino/openvino_model.xml"
 
+    @property
+    def inference_precision(self) -> str | None:
+        return "bf16" if self.precision == "bf16" else "fp32"
+
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        from quantizers import openvino_passes
+
+        if not job.reuse:
+            openvino_passes.convert(job.src, job.dst, fp16=self.precision == "fp16")
+        return {}
+
 
 @dataclass(frozen=True)
-class OpenVinoInt8Weights:
+class OpenVinoInt8Weights(OpenVinoPass):
     """NNCF int8 weight compression of the OpenVINO IR (activations stay floating point)."""
 
     name = "openvino_qint8_weights"
     file = "openvino/openvino_model_qint8_weights.xml"
     precision = "int8-weights"
 
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        from quantizers import openvino_passes
+
+        openvino_passes.int8_weights(job.src, job.dst)
+        return {}
+
 
 @dataclass(frozen=True)
-class OpenVinoStaticInt8:
+class OpenVinoStaticInt8(OpenVinoPass):
     """NNCF static int8 quantization (transformer preset) calibrated on texts."""
 
     calibration_texts: tuple[str, ...] | None = None
     name = "openvino_qint8_quantized"
     file = "openvino/openvino_model_qint8_quantized.xml"
     precision = "int8"
+
+    @property
+    def variant_isa(self) -> str | None:
+        return detect_isa()
+
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Returns {"calibration_texts": m}."""
+        from quantizers import openvino_passes
+        from quantizers.calibration import calibration_feeds
+        from quantizers.texts import calibration_texts
+
+        texts = self.calibration_texts or calibration_texts()
+        openvino_passes.static_int8(job.src, job.dst, calibration_feeds(job.folder, job.manifest, texts, job.manifest.inputs))
+        return {"calibration_texts": len(texts)}
 
 
 QuantizationConfig = Optimize | DynamicInt8 | StaticInt8 | Fp16 | OpenVino | OpenVinoInt8Weights | OpenVinoStaticInt8

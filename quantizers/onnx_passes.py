@@ -1,10 +1,12 @@
 """Graph passes with onnxruntime's tools: O1-O4 optimization, fp16, dynamic and static int8.
-Each reads the fp32 graph and writes a new file; the fp32 graph is never modified."""
+Each reads the fp32 graph and writes a new file; the fp32 graph is never modified. The passes that change the graph's
+structure return what they did (fusions, quantized nodes), which the manifest keeps as the variant's report."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,9 @@ def fusion_model_type(folder: Path) -> str:
 
 
 def optimize(src: Path, dst: Path, config: Optimize, model_type: str = "bert") -> dict[str, int]:
-    """Write `src` optimized at config.level to `dst`; returns onnxruntime's fusion counts (empty for O1)."""
+    """Write `src` optimized at config.level to `dst`; returns the fusions: how many more nodes of each fused operator
+    type (Attention, SkipLayerNormalization, BiasGelu, ...) the optimized graph has than `src` (empty for O1, and for
+    a graph where nothing was fused)."""
     if config.level == "O1":
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -48,7 +52,9 @@ def optimize(src: Path, dst: Path, config: Optimize, model_type: str = "bert") -
     if config.level == "O4":
         model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(dst))
-    return {name: count for name, count in model.get_fused_operator_statistics().items() if count}
+    before = Counter(node.op_type for node in onnx.load(str(src), load_external_data=False).graph.node)
+    after = model.get_fused_operator_statistics()  # counts of the fused operator types, some there already (LayerNorm)
+    return {name: count - before[name] for name, count in sorted(after.items()) if count > before[name]}
 
 
 def fp16(src: Path, dst: Path) -> None:
@@ -59,8 +65,13 @@ def fp16(src: Path, dst: Path) -> None:
     onnx.save_model(model, str(dst))
 
 
-def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> None:
-    """Dynamic int8 with the ISA preset: per-channel s8 weights (u8 on AVX2), reduced range on non-VNNI AVX-512."""
+def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> dict[str, int]:
+    """Dynamic int8 with the ISA preset: per-channel s8 weights (u8 on AVX2), reduced range on non-VNNI AVX-512.
+
+    Returns:
+        {"quantized_nodes": n} and, with config.float_ffn_output, {"float_ffn_outputs": m}: the down-projections
+        kept in float (int8-stored weights).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
@@ -74,14 +85,20 @@ def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> None:
         op_types_to_quantize=DYNAMIC_OPS,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+    report = {"quantized_nodes": len(nodes)}
     if config.float_ffn_output:  # their weights are still stored as int8
         quantized = onnx.load(str(dst))
-        weight_only_int8(quantized, sorted(set(weight_nodes(model, ["MatMul"])) - set(nodes)))
+        report["float_ffn_outputs"] = weight_only_int8(quantized, sorted(set(weight_nodes(model, ["MatMul"])) - set(nodes)))
         onnx.save_model(quantized, str(dst))
+    return report
 
 
-def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, np.ndarray]]) -> None:
-    """Static QDQ int8: s8 per-channel weights, u8 activations with ranges from the calibration feeds."""
+def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, np.ndarray]]) -> dict[str, int]:
+    """Static QDQ int8: s8 per-channel weights, u8 activations with ranges from the calibration feeds.
+
+    Returns:
+        {"quantized_nodes": n, "float_ffn_outputs": m} (m: MatMuls kept in float, with int8-stored weights).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -104,8 +121,9 @@ def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, 
         # The MatMuls kept in float still store int8 weights (dequantized once, at load), so the file shrinks
         # like the rest of the model.
         model = onnx.load(str(dst))
-        weight_only_int8(model, sorted(set(weight_nodes(onnx.load(str(prepared)), ["MatMul"])) - set(quantized)))
+        in_float = weight_only_int8(model, sorted(set(weight_nodes(onnx.load(str(prepared)), ["MatMul"])) - set(quantized)))
         onnx.save_model(model, str(dst))
+    return {"quantized_nodes": len(quantized), "float_ffn_outputs": in_float}
 
 
 def weight_nodes(model: onnx.ModelProto, op_types: list[str], *, skip_after_activation: bool = False) -> list[str]:

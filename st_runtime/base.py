@@ -1,5 +1,6 @@
-"""What every exported model shares: reading the folder, verifying it, the tokenizer, the session, and
-length-sorted batching of inputs."""
+"""What every exported model shares: reading the folder, verifying it, the tokenizer, the graphs, prompts, and the
+one batching loop (`tokenized_batches`: length-sorted batches, tokenized, with a progress bar) that every class's
+encode / predict runs its graph in (`Graph.run`, the one run path)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from st_runtime.errors import InvalidInputError, ManifestError
+from st_runtime.kinds import TASK_CLASSES
 from st_runtime.manifest import Manifest, load_manifest
 from st_runtime.providers import ProviderSpec
 from st_runtime.routes import Graph, Routes, open_graph
-from st_runtime.tokenizer import Feeds
+from st_runtime.tokenizer import Feeds, TextTokenizer
 
 logger = logging.getLogger("st_runtime")
 
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
-
-_TASK_CLASSES = {"sentence-embedding": "SentenceTransformer", "text-ranking": "CrossEncoder",
-                 "sparse-embedding": "SparseEncoder", "multi-vector-embedding": "MultiVectorEncoder"}
 
 
 class ExportedModel:
@@ -62,7 +61,7 @@ class ExportedModel:
         self.folder = Path(model_name_or_path)
         self.manifest: Manifest = manifest if manifest is not None else load_manifest(self.folder)
         if self.manifest.task != self.task:
-            owner = _TASK_CLASSES.get(self.manifest.task, "the class for that task")
+            owner = TASK_CLASSES.get(self.manifest.task, "the class for that task")
             raise ManifestError(
                 f"{str(self.folder)!r} holds a {self.manifest.task!r} model, not {self.task!r}; "
                 f"load it with st_runtime.{owner}."
@@ -74,7 +73,6 @@ class ExportedModel:
                                        device=device)
         primary = open_route(None, variant=variant, file_name=file_name)  # the top-level (or primary route's) graph
         self.variant, self.tokenizer, self.backend = primary.variant, primary.tokenizer, primary.backend
-        self._input_names = primary.input_names
         # Router/Asym models: the other routes open on first use, with the same variant and session settings (and
         # the max_seq_length set on the model, if any).
         open_other = functools.partial(open_route, variant=primary.variant.name)
@@ -113,6 +111,12 @@ class ExportedModel:
         if self.default_prompt_name is not None:
             return self.manifest.prompts.get(self.default_prompt_name)
         return None
+
+    def _prompted(self, texts: list[str], prompt: str | None, prompt_name: str | None) -> tuple[list[str], str | None]:
+        """(`texts` with the resolved prompt prepended, the prompt) as every encode applies them (see `_resolve_prompt`;
+        an empty or absent prompt leaves the texts as they are)."""
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        return ([prompt + t for t in texts] if prompt else texts), prompt
 
     @property
     def max_seq_length(self) -> int | None:
@@ -154,10 +158,6 @@ class ExportedModel:
     def session(self) -> Any:
         """The onnxruntime InferenceSession (None when an OpenVINO variant runs)."""
         return getattr(self.backend, "session", None)
-
-    def _run(self, feeds: Feeds, outputs: list[str]) -> list[np.ndarray]:
-        """Run the graph on tokenized inputs, feeding only the inputs the graph declares."""
-        return self.backend.run(outputs, {name: feeds[name] for name in self._input_names if name in feeds})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, variant={self.variant.name!r})"
@@ -288,6 +288,23 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start : start + batch_size]
 
 
+def tokenized_batches(items: Sequence[Any], tokenizer: TextTokenizer, batch_size: int,
+                      show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Feeds]]:
+    """The batching loop of every encode / predict: yield (indices into `items`, the tokenized batch) over
+    length-sorted batches (`length_sorted_batches`; a (text, text) pair counts its two texts' lengths), advancing a
+    progress bar (`progress`) after each batch is processed. Results go back to the input order by the indices.
+
+    Raises:
+        InvalidInputError (a ValueError): batch_size is not a positive int (on the first iteration, even for no items).
+    """
+    lengths = [len(item) if isinstance(item, str) else sum(len(text) for text in item) for item in items]
+    batches = list(length_sorted_batches(lengths, batch_size))
+    with progress(len(batches), show_progress_bar) as bar:
+        for index in batches:
+            yield index, tokenizer.encode([items[i] for i in index])
+            bar.update(1)
+
+
 def progress(total: int, show: bool | None, desc: str = "Batches") -> Any:
     """A tqdm bar over batches, shown when asked or, by default, when the st_runtime logger is at INFO."""
     from tqdm.auto import tqdm
@@ -295,3 +312,36 @@ def progress(total: int, show: bool | None, desc: str = "Batches") -> Any:
     if show is None:
         show = logger.getEffectiveLevel() <= logging.INFO
     return tqdm(total=total, desc=desc, disable=not show)
+
+
+def check_truncate_dim(value: int | None, dimension: int | None) -> int | None:
+    """`value` as an int, if it is None or an int from 1 to `dimension` (any positive int when that is unknown).
+
+    sentence-transformers slices `[..., :truncate_dim]`, so -1 silently drops one dimension and values above the
+    dimension are ignored; here those are errors.
+
+    Raises:
+        ValueError: anything else (InvalidInputError, also a ValueError, for a non-int or non-positive value).
+    """
+    value = check_positive_int(value, "truncate_dim", allow_none=True)
+    if value is not None and dimension and value > dimension:
+        raise ValueError(f"truncate_dim must be None or an int from 1 to {dimension} (the embedding dimension), got "
+                         f"{value}.")
+    return value
+
+
+class TruncateDim:
+    """The settable `truncate_dim` default of the kinds whose vectors sentence-transformers truncates
+    (SentenceTransformer, MultiVectorEncoder): None or an int from 1 to the manifest's embedding dimension."""
+
+    manifest: Manifest
+    _truncate_dim: int | None = None
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """Default number of leading dimensions `encode` keeps (None: all)."""
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = check_truncate_dim(value, self.manifest.embedding_dimension)

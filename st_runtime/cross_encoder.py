@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from st_runtime.base import ExportedModel, check_positive_int, check_text, length_sorted_batches, progress
+from st_runtime.base import ExportedModel, check_positive_int, check_text, tokenized_batches
 from st_runtime.errors import InvalidInputError
 
 Pair = tuple[str, str]
@@ -103,7 +103,7 @@ class CrossEncoder(ExportedModel):
     @property
     def num_labels(self) -> int:
         """Scores per pair: 1 for rerankers (a relevance score), more for pair classifiers (e.g. NLI)."""
-        return int(self.manifest.task_config.get("num_labels", 1))
+        return self.manifest.task_config.num_labels
 
     @property
     def sentence_transformers_major(self) -> int:
@@ -117,7 +117,7 @@ class CrossEncoder(ExportedModel):
     def activation_fn(self) -> str | None:
         """Name of the activation the graph applies to the logits by default ("sigmoid", "identity", ...), as
         sentence-transformers' CrossEncoder.predict does; None when it is one st_runtime has no numpy name for."""
-        return self.manifest.task_config.get("activation")
+        return self.manifest.task_config.activation
 
     def predict(
         self,
@@ -168,19 +168,17 @@ class CrossEncoder(ExportedModel):
         if prompt:
             pairs = [(prompt + first, second) for first, second in pairs]
         output = "scores" if activation is None else "logits"
-        batches = list(length_sorted_batches([len(a) + len(b) for a, b in pairs], batch_size))
+        graph = self.routes.graph(None)
         scores: np.ndarray | None = None
-        with progress(len(batches), show_progress_bar) as bar:
-            for index in batches:
-                batch_scores = self._run(self.tokenizer.encode([pairs[i] for i in index]), [output])[0]
-                if activation is not None:
-                    batch_scores = np.asarray(activation(batch_scores))
-                if apply_softmax and batch_scores.ndim > 1 and (self.num_labels > 1 or self.sentence_transformers_major < 6):
-                    batch_scores = ACTIVATIONS["softmax"](batch_scores)
-                if scores is None:
-                    scores = np.empty((len(pairs), *batch_scores.shape[1:]), dtype=batch_scores.dtype)
-                scores[index] = batch_scores
-                bar.update(1)
+        for index, feeds in tokenized_batches(pairs, graph.tokenizer, batch_size, show_progress_bar):
+            batch_scores = graph.run(feeds, [output])[0]
+            if activation is not None:
+                batch_scores = np.asarray(activation(batch_scores))
+            if apply_softmax and batch_scores.ndim > 1 and (self.num_labels > 1 or self.sentence_transformers_major < 6):
+                batch_scores = ACTIVATIONS["softmax"](batch_scores)
+            if scores is None:
+                scores = np.empty((len(pairs), *batch_scores.shape[1:]), dtype=batch_scores.dtype)
+            scores[index] = batch_scores
         if scores is None:
             scores = np.empty((0, self.num_labels), dtype=np.float32)
         if self.num_labels == 1 and scores.ndim > 1:

@@ -1,7 +1,8 @@
 """The folder contract: `st_runtime.json`, the manifest every exported folder carries.
 
 The runtime reads only this file (and the files it names) to know what the graph computes. Bump
-`FORMAT_VERSION` when the meaning of a field changes; the runtime refuses versions it does not know.
+`FORMAT_VERSION` when the meaning of a field changes; the runtime refuses versions it does not know. The task and its
+kind-specific task_config are typed in st_runtime/task_configs.py; `from_json` checks every field before use.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from typing import Any
 
 from st_runtime.errors import ManifestError, ModelFileError
 from st_runtime.manifest_checks import check_manifest_data
+from st_runtime.task_configs import MODEL_CONFIGS, BiEncoderConfig, Task, TaskConfig, config_class
 
 MANIFEST_NAME = "st_runtime.json"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2 added two optional keys, a variant's `report` and a multi-vector task_config's `truncate_dim`: a runtime that reads
+# only 1 refuses them by version instead of as malformed fields. A format 1 manifest is a format 2 one without them.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
+FORMAT_2_KEYS = ("variants[].report", "task_config.truncate_dim")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,14 @@ class Variant:
     accuracy: dict[str, float] | None = None
     backend: str = "onnxruntime"  # or "openvino" for an IR (.xml)
     inference_precision: str | None = None  # a run-time precision hint, e.g. "bf16" for OpenVINO on AMX/AVX512-BF16
+    report: dict[str, Any] | None = None  # what the pass that wrote it reported, e.g. {"fusions": {"Attention": 6}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (`report` only when there is one, so folders without reports read as they always did)."""
+        data = asdict(self)
+        if data["report"] is None:
+            del data["report"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class Route:
     variants: tuple[Variant, ...]
     embedding_dimension: int | None = None
     modules: tuple[dict[str, Any], ...] = ()  # the route's flattened module chain, as in Manifest.modules
-    task_config: dict[str, Any] = field(default_factory=dict)
+    task_config: TaskConfig = field(default_factory=BiEncoderConfig)  # the class its task's routes take
 
     def variant(self, *, name: str | None = None, file_name: str | None = None) -> Variant:
         """Return the variant with this name or file (the first, fp32, when neither is given).
@@ -69,14 +82,21 @@ class Route:
         """
         return _find_variant(self.variants, name=name, file_name=file_name)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return _graph_dict(self, asdict(self))
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Route:
-        """Build from the JSON form (raises KeyError/TypeError on malformed data, as Manifest.from_json expects)."""
+    def from_dict(cls, data: dict[str, Any], task: str = "sentence-embedding", where: str = "route") -> Route:
+        """Build from the JSON form of a route of a `task` model, found at `where` (raises KeyError/TypeError on
+        malformed data, as Manifest.from_json expects; ManifestError naming the key for a malformed task_config)."""
         data = dict(data)
         data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
         data["variants"] = tuple(Variant(**v) for v in data["variants"])
         for key in ("inputs", "outputs", "modules"):
             data[key] = tuple(data.get(key, ()))
+        data["task_config"] = config_class(task, route=True).from_dict(data.get("task_config", {}),
+                                                                       f"{where}.task_config")
         return cls(**data)
 
 
@@ -111,15 +131,22 @@ class Routing:
         return route
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Routing:
-        """Build from the JSON form (raises KeyError/TypeError on malformed data)."""
-        routes = {name: Route.from_dict(route) for name, route in data["routes"].items()}
+    def from_dict(cls, data: dict[str, Any], task: str = "sentence-embedding") -> Routing:
+        """Build from the JSON form of a `task` model's routing (raises KeyError/TypeError on malformed data)."""
+        routes = {name: Route.from_dict(route, task, f"routing.routes[{name!r}]") for name, route in data["routes"].items()}
         routing = cls(routes=routes, tasks=dict(data["tasks"]), default_route=data["default_route"],
                       other_tasks_route=data["other_tasks_route"], primary=data["primary"])
         named = {*routing.tasks.values(), routing.default_route, routing.other_tasks_route, routing.primary} - {None}
         if not named <= set(routes):
             raise KeyError(f"routes {sorted(named - set(routes))} are named but not described")
         return routing
+
+
+def _graph_dict(graph: Route | Manifest, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (asdict of a route or manifest) with its variants and task_config in their JSON forms."""
+    data["variants"] = [v.to_dict() for v in graph.variants]
+    data["task_config"] = graph.task_config.to_dict()
+    return data
 
 
 def _find_variant(variants: tuple[Variant, ...], *, name: str | None, file_name: str | None) -> Variant:
@@ -134,7 +161,7 @@ def _find_variant(variants: tuple[Variant, ...], *, name: str | None, file_name:
 class Manifest:
     """What an exported folder contains and how to run it."""
 
-    task: str
+    task: Task
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     tokenizer: TokenizerSpec
@@ -144,13 +171,28 @@ class Manifest:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     modules: tuple[dict[str, Any], ...] = ()
-    task_config: dict[str, Any] = field(default_factory=dict)  # kind-specific facts (activation, vocabulary, ...)
+    task_config: TaskConfig = field(default_factory=BiEncoderConfig)  # kind-specific facts: MODEL_CONFIGS[task]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     parity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     routing: Routing | None = None  # set for Router/Asym models: one graph per route
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        expected = MODEL_CONFIGS.get(self.task)  # an unknown task is refused when the manifest is read
+        if expected is not None and not isinstance(self.task_config, expected):
+            raise TypeError(f"A {self.task} manifest's task_config is a {expected.__name__}, got "
+                            f"{type(self.task_config).__name__}.")
+
+    @classmethod
+    def from_graph(cls, task: Task, graph: Route, **others: Any) -> Manifest:
+        """The manifest whose top-level graph (inputs, outputs, tokenizer, variants, embedding_dimension, modules,
+        task_config) is `graph`; `others` sets the other fields (routing, prompts, files, ...). The inverse of
+        route(None)."""
+        return cls(task=task, inputs=graph.inputs, outputs=graph.outputs, tokenizer=graph.tokenizer,
+                   variants=graph.variants, embedding_dimension=graph.embedding_dimension, modules=graph.modules,
+                   task_config=graph.task_config, **others)
 
     @property
     def max_seq_length(self) -> int | None:
@@ -180,18 +222,25 @@ class Manifest:
         """
         return _find_variant(self.variants, name=name, file_name=file_name)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in `st_runtime.json`."""
+        data = _graph_dict(self, asdict(self))
+        if self.routing is not None:
+            data["routing"]["routes"] = {name: route.to_dict() for name, route in self.routing.routes.items()}
+        return data
+
     def to_json(self) -> str:
         """Serialize to the JSON text stored in `st_runtime.json` (keys sorted, stable across runs)."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         """Parse manifest JSON text.
 
         Raises:
-            ManifestError: the text is not valid JSON or not an object, has an unknown format_version, or a field is
-                missing or malformed (a wrong type, a non-positive length or dimension, no variants; the message
-                names the field).
+            ManifestError: the text is not valid JSON or not an object, has an unknown format_version or task, or a
+                field is missing or malformed (a wrong type, a non-positive length or dimension, no variants, a
+                task_config key that is unknown, missing or mistyped for the task; the message names the field).
         """
         try:
             data = json.loads(text)
@@ -206,14 +255,18 @@ class Manifest:
                 f"{MANIFEST_NAME} has format_version {version!r}; this st_runtime reads {SUPPORTED_FORMAT_VERSIONS}. "
                 "Upgrade st-runtime or re-export the model with this version."
             )
+        if version == 1:
+            data = _migrate_format_1(data)
         check_manifest_data(data)
+        task = data["task"]
+        data["task_config"] = config_class(task).from_dict(data.get("task_config", {}), "task_config")
         try:
             data["tokenizer"] = TokenizerSpec(**data["tokenizer"])
             data["variants"] = tuple(Variant(**v) for v in data["variants"])
             for key in ("inputs", "outputs", "modules"):
                 data[key] = tuple(data.get(key, ()))
             if data.get("routing") is not None:
-                data["routing"] = Routing.from_dict(data["routing"])
+                data["routing"] = Routing.from_dict(data["routing"], task)
             known = {f.name for f in fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in known})
         except (KeyError, TypeError) as exc:
@@ -334,3 +387,15 @@ def verify_files(folder: str | Path, manifest: Manifest, relative_paths: list[st
                 f"{rel} in {str(folder)!r} does not match the sha256 in {MANIFEST_NAME}: the file is corrupt, "
                 "truncated or was changed after export. Re-export the model or copy the folder again."
             )
+
+
+def _migrate_format_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 manifest as format 2: the same fields, none of the keys format 2 added."""
+    variants = data.get("variants")
+    has_report = isinstance(variants, list) and any(isinstance(v, dict) and "report" in v for v in variants)
+    config = data.get("task_config")
+    if has_report or (isinstance(config, dict) and "truncate_dim" in config):
+        raise ManifestError(f"{MANIFEST_NAME} has format_version 1 but uses keys of format 2 ({', '.join(FORMAT_2_KEYS)})"
+                            ": it was edited by hand or written by a broken exporter. Re-export the model.")
+    return {**data, "format_version": FORMAT_VERSION}
+

@@ -2,7 +2,8 @@
 
 A malformed field (a string where a length belongs, a negative dimension, `files: null`, no variants) raises
 `ManifestError` naming the field, instead of a TypeError, OverflowError or numpy broadcast error deep inside a call.
-The checks accept every manifest st-export writes; unknown top-level keys are left to `Manifest.from_json`.
+The checks accept every manifest st-export writes; unknown top-level keys are left to `Manifest.from_json`, and the
+task_config of each kind is checked by its typed config (st_runtime/task_configs.py) with the checks defined here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ SIDES = ("left", "right")
 Check = Callable[[Any], str | None]  # returns what is wrong (None: the value is fine)
 
 
-def _int(low: int, *, none: bool = False) -> Check:
+def int_check(low: int, *, none: bool = False) -> Check:
     def check(value: Any) -> str | None:
         if value is None and none:
             return None
@@ -31,7 +32,7 @@ def _int(low: int, *, none: bool = False) -> Check:
     return check
 
 
-def _str(*, none: bool = False, empty: bool = True, choices: tuple[str, ...] = ()) -> Check:
+def str_check(*, none: bool = False, empty: bool = True, choices: tuple[str, ...] = ()) -> Check:
     def check(value: Any) -> str | None:
         if value is None and none:
             return None
@@ -43,7 +44,7 @@ def _str(*, none: bool = False, empty: bool = True, choices: tuple[str, ...] = (
     return check
 
 
-def _dict(*, none: bool = False, values: Check | None = None) -> Check:
+def dict_check(*, none: bool = False, values: Check | None = None) -> Check:
     def check(value: Any) -> str | None:
         if value is None and none:
             return None
@@ -55,63 +56,88 @@ def _dict(*, none: bool = False, values: Check | None = None) -> Check:
     return check
 
 
-def _list(item: Check, what: str) -> Check:
+def list_check(item: Check, what: str, *, none: bool = False) -> Check:
     def check(value: Any) -> str | None:
+        if value is None and none:
+            return None
         if not isinstance(value, list) or any(item(v) is not None for v in value):
-            return f"expected a list of {what}"
+            return f"expected a list of {what}{' or null' if none else ''}"
         return None
 
     return check
 
 
+def bool_check() -> Check:
+    def check(value: Any) -> str | None:
+        return None if isinstance(value, bool) else "expected true or false"
+
+    return check
+
+
 TOKENIZER: dict[str, Check] = {
-    "file": _str(empty=False), "max_seq_length": _int(1, none=True), "pad_token": _str(),
-    "pad_token_id": _int(0), "padding_side": _str(choices=SIDES), "truncation_side": _str(choices=SIDES),
+    "file": str_check(empty=False), "max_seq_length": int_check(1, none=True), "pad_token": str_check(),
+    "pad_token_id": int_check(0), "padding_side": str_check(choices=SIDES), "truncation_side": str_check(choices=SIDES),
 }
 VARIANT: dict[str, Check] = {
-    "name": _str(empty=False), "file": _str(empty=False), "precision": _str(), "isa": _str(none=True),
-    "accuracy": _dict(none=True), "backend": _str(choices=BACKENDS), "inference_precision": _str(none=True),
-}
-TASK_CONFIG: dict[str, Check] = {  # the kind-specific facts the runtime reads
-    "num_labels": _int(1), "vocab_size": _int(1), "max_active_dims": _int(1, none=True), "activation": _str(none=True),
+    "name": str_check(empty=False), "file": str_check(empty=False), "precision": str_check(),
+    "isa": str_check(none=True), "accuracy": dict_check(none=True), "backend": str_check(choices=BACKENDS),
+    "inference_precision": str_check(none=True), "report": dict_check(none=True),
 }
 ROUTE: dict[str, Check] = {
-    "inputs": _list(_str(), "strings"), "outputs": _list(_str(), "strings"), "embedding_dimension": _int(1, none=True),
-    "modules": _list(_dict(), "objects"), "task_config": _dict(),
+    "inputs": list_check(str_check(), "strings"), "outputs": list_check(str_check(), "strings"),
+    "embedding_dimension": int_check(1, none=True), "modules": list_check(dict_check(), "objects"),
+    "task_config": dict_check(),
 }
 TOP_LEVEL: dict[str, Check] = {
-    **ROUTE, "task": _str(empty=False), "similarity_fn_name": _str(none=True), "prompts": _dict(values=_str()),
-    "default_prompt_name": _str(none=True), "files": _dict(values=_str()), "parity": _dict(), "source": _dict(),
-    "versions": _dict(),
+    **ROUTE, "task": str_check(empty=False), "similarity_fn_name": str_check(none=True),
+    "prompts": dict_check(values=str_check()), "default_prompt_name": str_check(none=True),
+    "files": dict_check(values=str_check()), "parity": dict_check(), "source": dict_check(), "versions": dict_check(),
 }
 
 
-def _fail(where: str, problem: str) -> ManifestError:
+def fail(where: str, problem: str) -> ManifestError:
+    """The error for field `where` ("task_config.num_labels") of st_runtime.json and what is wrong with it."""
     return ManifestError(f"st_runtime.json is missing or has malformed fields: {where} {problem}. Re-export the model.")
 
 
-def _check_fields(data: Any, where: str, checks: dict[str, Check], required: tuple[str, ...] = ()) -> None:
+def check_fields(data: Any, where: str, checks: dict[str, Check], required: tuple[str, ...] = (),
+                 closed: str | None = None) -> None:
+    """Check the object `data` (field `where`, "" for the manifest itself) against `checks`.
+
+    Args:
+        required: keys that must be present.
+        closed: None: keys without a check are left alone; else a key without a check is refused, and this names
+            the object in the message ("a text-ranking task_config").
+
+    Raises:
+        ManifestError: naming the first key that is missing, unknown (closed) or malformed.
+    """
     if not isinstance(data, dict):
-        raise _fail(where or "the manifest", f"is {type(data).__name__}, expected a JSON object")
+        raise fail(where or "the manifest", f"is {type(data).__name__}, expected a JSON object")
     prefix = f"{where}." if where else ""
+    if closed is not None:
+        for key in data:
+            if key not in checks:
+                known = ", ".join(sorted(checks)) or "none"
+                raise fail(f"{prefix}{key}", f"is not a key of {closed} (its keys: {known})")
     for key in required:
         if key not in data:
-            raise _fail(f"{prefix}{key}", "is missing")
+            raise fail(f"{prefix}{key}", "is missing")
     for key, check in checks.items():
         if key in data and (problem := check(data[key])) is not None:
-            raise _fail(f"{prefix}{key}", f"is {data[key]!r:.60}: {problem}")
+            raise fail(f"{prefix}{key}", f"is {data[key]!r:.60}: {problem}")
 
 
 def _check_graph(data: Any, where: str, checks: dict[str, Check], required: tuple[str, ...]) -> None:
-    """The fields a route and the top level share: inputs, outputs, tokenizer, variants, dimension, task_config."""
-    _check_fields(data, where, checks, required=required)
+    """The fields a route and the top level share: inputs, outputs, tokenizer, variants, dimension, task_config (an
+    object here; its keys are checked by the task's typed config when the manifest is built)."""
+    check_fields(data, where, checks, required=required)
     prefix = f"{where}." if where else ""
-    _check_fields(data["tokenizer"], f"{prefix}tokenizer", TOKENIZER)
+    check_fields(data["tokenizer"], f"{prefix}tokenizer", TOKENIZER)
     if not isinstance(data["variants"], list) or not data["variants"]:
-        raise _fail(f"{prefix}variants", f"is {data['variants']!r:.60}: expected a non-empty list")
+        raise fail(f"{prefix}variants", f"is {data['variants']!r:.60}: expected a non-empty list")
     for index, variant in enumerate(data["variants"]):
-        _check_fields(variant, f"{prefix}variants[{index}]", VARIANT, required=("name", "file"))
-    _check_fields(data.get("task_config", {}), f"{prefix}task_config", TASK_CONFIG)
+        check_fields(variant, f"{prefix}variants[{index}]", VARIANT, required=("name", "file"))
 
 
 def check_manifest_data(data: Any) -> None:
@@ -124,12 +150,12 @@ def check_manifest_data(data: Any) -> None:
     routing = data.get("routing")
     if routing is None:
         return
-    _check_fields(routing, "routing", {"routes": _dict(), "tasks": _dict(values=_str()), "primary": _str(),
-                                       "default_route": _str(none=True), "other_tasks_route": _str(none=True)},
+    check_fields(routing, "routing", {"routes": dict_check(), "tasks": dict_check(values=str_check()), "primary": str_check(),
+                                       "default_route": str_check(none=True), "other_tasks_route": str_check(none=True)},
                   required=("routes", "tasks", "primary", "default_route", "other_tasks_route"))
     for name, route in routing["routes"].items():
         _check_graph(route, f"routing.routes[{name!r}]", ROUTE, required=("tokenizer", "variants"))
     named = {*routing["tasks"].values(), routing["default_route"], routing["other_tasks_route"], routing["primary"]}
     unknown = sorted(named - {None} - set(routing["routes"]))
     if unknown:
-        raise _fail("routing", f"names routes {unknown} that routing.routes does not describe")
+        raise fail("routing", f"names routes {unknown} that routing.routes does not describe")

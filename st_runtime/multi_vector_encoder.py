@@ -5,7 +5,8 @@ One graph runs the Transformer and its token-level heads (Dense, Normalize) for 
 differs per task happens here, from the manifest's task_config, exactly as sentence-transformers' Transformer and
 MultiVectorMask do it: the truncation length of the task, query expansion (queries padded to a fixed width with the
 mask token, whose positions are scored), and the skiplist (tokens such as punctuation dropped from documents).
-`encode` returns each text's scored rows, `similarity` scores them with MaxSim.
+`encode` returns each text's scored rows (truncated to `truncate_dim` dimensions and re-normalized when one is set),
+`similarity` scores them with MaxSim.
 """
 
 from __future__ import annotations
@@ -19,32 +20,51 @@ import numpy as np
 
 from st_runtime.base import (
     TextEncoder,
+    TruncateDim,
     check_positive_int,
     check_text,
     check_texts,
-    length_sorted_batches,
-    progress,
+    check_truncate_dim,
+    tokenized_batches,
 )
-from st_runtime.errors import InvalidInputError
+from st_runtime.errors import InvalidInputError, ManifestError
 from st_runtime.tokenizer import Feeds, TextTokenizer
 
 EMPTY_DOCUMENT_SCORE = -1e9  # what sentence-transformers' maxsim gives a document without any scored token
 SCORE_BUDGET = 1 << 25  # float32 elements of one (query tokens x document tokens) similarity block (128 MiB)
 
 
-class MultiVectorEncoder(TextEncoder):
+class MultiVectorEncoder(TruncateDim, TextEncoder):
     """A multi-vector (ColBERT / late-interaction) encoder exported by `st-export`.
 
     Thread-safe: `encode` may be called from several threads on one instance.
-    See `ExportedModel` for the constructor arguments.
+    See `ExportedModel` for the other constructor arguments.
+
+    Args:
+        truncate_dim: keep only the first truncate_dim dimensions of every token vector and L2-normalize it, as
+            sentence-transformers' MultiVectorEncoder(truncate_dim=...) does; None: the value the model was saved
+            with (the manifest's task_config "truncate_dim"), else the full dimension. `encode(truncate_dim=...)`
+            overrides it per call.
+
+    Raises:
+        InvalidInputError / ValueError: truncate_dim is not a positive int, or is above the model's dimension.
+        ManifestError: the folder's saved truncate_dim is malformed.
     """
 
     task = "multi-vector-embedding"
 
-    def __init__(self, model_name_or_path: str | Path, **kwargs: Any) -> None:
+    def __init__(self, model_name_or_path: str | Path, truncate_dim: int | None = None, **kwargs: Any) -> None:
         super().__init__(model_name_or_path, **kwargs)
         self._task_tokenizers: dict[int, TextTokenizer] = {}
         self._lock = threading.Lock()
+        if truncate_dim is None:
+            try:
+                truncate_dim = check_truncate_dim(self.manifest.task_config.truncate_dim,
+                                                  self.manifest.embedding_dimension)
+            except ValueError as exc:
+                raise ManifestError(f"st_runtime.json task_config.truncate_dim is not usable: {exc} Re-export the "
+                                    "model.") from None
+        self.truncate_dim = truncate_dim
 
     @property
     def similarity_fn_name(self) -> str:
@@ -52,24 +72,24 @@ class MultiVectorEncoder(TextEncoder):
         return self.manifest.similarity_fn_name or "maxsim"
 
     def get_embedding_dimension(self) -> int:
-        """Size of each token vector."""
-        return int(self.manifest.embedding_dimension)
+        """Size of each token vector `encode` returns: truncate_dim when set, else the model's dimension."""
+        return self.truncate_dim or int(self.manifest.embedding_dimension)
 
     @property
     def query_length(self) -> int | None:
         """Queries are truncated at this many tokens (None: max_seq_length); query expansion may override it."""
-        return self.manifest.task_config.get("query_length")
+        return self.manifest.task_config.query_length
 
     @property
     def document_length(self) -> int | None:
         """Documents are truncated at this many tokens (None: max_seq_length)."""
-        return self.manifest.task_config.get("document_length")
+        return self.manifest.task_config.document_length
 
     @property
     def query_expansion(self) -> dict[str, Any] | None:
         """{"strategy", "attend", "length", "token_id"} when queries are expanded (ColBERT), else None."""
-        expansion = self.manifest.task_config.get("query_expansion")
-        return dict(expansion) if expansion else None
+        expansion = self.manifest.task_config.query_expansion
+        return expansion.to_dict() if expansion is not None else None
 
     def encode(
         self,
@@ -80,6 +100,7 @@ class MultiVectorEncoder(TextEncoder):
         show_progress_bar: bool | None = None,
         normalize_embeddings: bool = False,
         task: str | None = None,
+        truncate_dim: int | None = None,
     ) -> list[np.ndarray] | np.ndarray:
         """Token embeddings of one text or a list of texts: the rows sentence-transformers keeps, in order.
 
@@ -95,33 +116,36 @@ class MultiVectorEncoder(TextEncoder):
             task: "query" (query length, expansion, query scoring), "document" or None (treated as a document, with
                 the model's max_seq_length unless document_length is set: as sentence-transformers, only
                 task="document" applies document_length).
+            truncate_dim: keep the first truncate_dim dimensions of each vector and L2-normalize it (None: the
+                model's `truncate_dim`, else the full vectors).
 
         Returns:
             A list of float32 arrays of shape (n_tokens_i, dim), or one such array for a single string input.
 
         Raises:
             InvalidInputError: inputs is None or holds non-strings.
-            ValueError: unknown prompt_name, non-positive batch_size.
+            ValueError: unknown prompt_name, non-positive batch_size, truncate_dim not from 1 to the dimension.
         """
+        dim = (check_truncate_dim(truncate_dim, self.manifest.embedding_dimension) if truncate_dim is not None
+               else self.truncate_dim)
         texts, single = check_texts(inputs)
-        prompt = self._resolve_prompt(prompt, prompt_name)
-        texts_in = [prompt + t for t in texts] if prompt else texts
+        texts_in, _ = self._prompted(texts, prompt, prompt_name)
         if task is not None and not isinstance(task, str):
             raise InvalidInputError(f"task must be a str or None, got {type(task).__name__}.")
         tokenizer = self._tokenizer_for(task)
         graph = self.routes.graph(None)
-        results: list[np.ndarray] = [np.zeros((0, self.get_embedding_dimension()), np.float32)] * len(texts)
-        batches = list(length_sorted_batches([len(t) for t in texts], batch_size))
-        with progress(len(batches), show_progress_bar) as bar:
-            for index in batches:
-                feeds, scored = self.scoring_inputs(tokenizer.encode([texts_in[i] for i in index]), task)
-                tokens = graph.run(feeds, ["token_embeddings"])[0]
-                for row, i in enumerate(index):
-                    kept = np.ascontiguousarray(tokens[row][scored[row]], dtype=np.float32)
-                    if normalize_embeddings:
-                        kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
-                    results[i] = kept
-                bar.update(1)
+        results: list[np.ndarray] = [np.zeros((0, dim or self.get_embedding_dimension()), np.float32)] * len(texts)
+        for index, feeds in tokenized_batches(texts_in, tokenizer, batch_size, show_progress_bar):
+            feeds, scored = self.scoring_inputs(feeds, task)
+            tokens = graph.run(feeds, ["token_embeddings"])[0]
+            for row, i in enumerate(index):
+                kept = np.ascontiguousarray(tokens[row][scored[row]], dtype=np.float32)
+                if normalize_embeddings:
+                    kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+                if dim is not None:  # as sentence-transformers: cut, then L2-normalize
+                    kept = np.ascontiguousarray(kept[:, :dim])
+                    kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+                results[i] = kept
         return results[0] if single else results
 
     def scoring_inputs(self, feeds: Feeds, task: str | None) -> tuple[Feeds, np.ndarray]:
@@ -134,10 +158,10 @@ class MultiVectorEncoder(TextEncoder):
         config = self.manifest.task_config
         ids, attention = feeds["input_ids"], feeds["attention_mask"]
         type_ids = feeds.get("token_type_ids")
-        expansion = config.get("query_expansion") if task == "query" else None
+        expansion = config.query_expansion if task == "query" else None
         expansion_positions = None
-        if expansion:
-            floor, fixed = int(expansion["length"]), expansion["strategy"] == "fixed"
+        if expansion is not None:
+            floor, fixed = expansion.length, expansion.strategy == "fixed"
             missing = floor - ids.shape[1]
             if missing > 0:
                 # "fixed" pads to the length as the tokenizer pads (its side, its pad id); "min" widens on the right
@@ -148,20 +172,18 @@ class MultiVectorEncoder(TextEncoder):
                 attention = np.pad(attention, width)
                 type_ids = np.pad(type_ids, width) if type_ids is not None else None
             expansion_positions = (attention == 0) & (np.arange(ids.shape[1]) < floor)
-            if expansion["token_id"] is not None:
-                ids = np.where(expansion_positions, np.int64(expansion["token_id"]), ids)
-            if expansion["attend"]:
+            if expansion.token_id is not None:
+                ids = np.where(expansion_positions, np.int64(expansion.token_id), ids)
+            if expansion.attend:
                 attention = np.where(expansion_positions, 1, attention).astype(np.int64)
         scored = attention.astype(bool)
-        if config.get("has_mask_module", True):
+        if config.has_mask_module:
             if expansion_positions is not None:
                 scored |= expansion_positions
-            skiplist = config.get("skiplist_ids") or []
-            if skiplist and (task or "document") in config.get("skiplist_tasks", ()):
-                scored &= ~np.isin(ids, skiplist)
-            keep_only = config.get("keep_only_token_ids")
-            if keep_only and task != "query":
-                scored &= np.isin(ids, keep_only)
+            if config.skiplist_ids and (task or "document") in config.skiplist_tasks:
+                scored &= ~np.isin(ids, config.skiplist_ids)
+            if config.keep_only_token_ids and task != "query":
+                scored &= np.isin(ids, config.keep_only_token_ids)
         new_feeds = {"input_ids": ids, "attention_mask": attention}
         if type_ids is not None:
             new_feeds["token_type_ids"] = type_ids
@@ -171,11 +193,11 @@ class MultiVectorEncoder(TextEncoder):
         """The tokenizer truncating at the task's length: query/document_length, the query expansion length
         ("fixed": the length; "min": at least it), else the model's (settable) max_seq_length."""
         config = self.manifest.task_config
-        length = config.get("query_length") if task == "query" else config.get("document_length") if task == "document" else None
-        expansion = config.get("query_expansion") if task == "query" else None
-        if expansion:
-            floor = int(expansion["length"])
-            length = floor if expansion["strategy"] == "fixed" else (max(length, floor) if length is not None else None)
+        length = config.query_length if task == "query" else config.document_length if task == "document" else None
+        expansion = config.query_expansion if task == "query" else None
+        if expansion is not None:
+            floor = expansion.length
+            length = floor if expansion.strategy == "fixed" else (max(length, floor) if length is not None else None)
         if length is None:
             return self.routes.graph(None).tokenizer
         with self._lock:

@@ -28,7 +28,7 @@ from st_runtime.manifest import Manifest, folder_file, load_manifest
 logger = logging.getLogger("st_runtime")
 
 DEFAULT_BATCH_TOKENS = 16384
-_MODEL_CLASSES = {"sentence-embedding": "SentenceTransformer", "sparse-embedding": "SparseEncoder"}
+POOL_TASKS = ("sentence-embedding", "sparse-embedding")  # the kinds an encode pool runs (classes: st_runtime.kinds)
 
 
 class PoolError(StRuntimeError, RuntimeError):
@@ -122,11 +122,11 @@ def _worker(task: str, folder: str, model_kwargs: dict[str, Any], threads: int, 
     for name in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)  # tokenizers (rayon) and BLAS read these on first use: no oversubscription
     try:
-        import st_runtime
+        from st_runtime.kinds import model_class
 
         kwargs = dict(model_kwargs)
         max_seq_length = kwargs.pop("max_seq_length", None)
-        model = getattr(st_runtime, _MODEL_CLASSES[task])(folder, intra_op_num_threads=threads, **kwargs)
+        model = model_class(task)(folder, intra_op_num_threads=threads, **kwargs)
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
     except BaseException as exc:
@@ -177,7 +177,7 @@ class EncodePool:
                  model_kwargs: dict[str, Any] | None = None, start_timeout: float = 600.0) -> None:
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
-        if self.manifest.task not in _MODEL_CLASSES:
+        if self.manifest.task not in POOL_TASKS:
             raise ValueError(f"{str(self.folder)!r} holds a {self.manifest.task!r} model; an encode pool runs "
                              "bi-encoders (SentenceTransformer) and sparse encoders (SparseEncoder) only.")
         cores = available_cores()
@@ -327,7 +327,7 @@ def assemble(batches: list[np.ndarray], results: list[Any], n: int, task: str, m
 
         rows_idx: list[np.ndarray] = [np.zeros(0, np.int64)] * n
         rows_val: list[np.ndarray] = [np.zeros(0, np.float32)] * n
-        dim = int(manifest.task_config.get("vocab_size") or manifest.embedding_dimension or 0)
+        dim = manifest.task_config.vocab_size
         for index, (indptr, indices, values, width) in zip(batches, results, strict=True):
             dim = width
             for row, i in enumerate(index):
@@ -349,9 +349,8 @@ def pool_encode(model: Any, inputs: Any, *, pool: EncodePool | None, processes: 
                 task: str | None) -> Any:
     """`SentenceTransformer.encode(..., pool=pool)` or `processes=N` (a pool started and stopped for this call):
     the same result as encode, computed on the pool's workers."""
-    from st_runtime.base import check_texts
+    from st_runtime.base import check_texts, check_truncate_dim
     from st_runtime.quantization import PRECISIONS, quantize_embeddings
-    from st_runtime.sentence_transformer import check_truncate_dim
 
     if convert_to_tensor or output_value != "sentence_embedding":
         raise ValueError("encode with pool= or processes= returns sentence embeddings as numpy only: use "

@@ -7,14 +7,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from st_runtime.base import TextEncoder, check_positive_int, check_texts, length_sorted_batches, progress
+from st_runtime.base import TextEncoder, TruncateDim, check_texts, check_truncate_dim, tokenized_batches
 from st_runtime.quantization import PRECISIONS, Precision, quantize_embeddings
 from st_runtime.similarity import similarity_functions
 
 OutputValue = Literal["sentence_embedding", "token_embeddings"]
 
 
-class SentenceTransformer(TextEncoder):
+class SentenceTransformer(TruncateDim, TextEncoder):
     """A bi-encoder exported by `st-export`; the whole module chain (transformer, pooling, dense,
     normalize) runs inside one ONNX graph, so `encode` only tokenizes, runs and reorders.
 
@@ -35,15 +35,6 @@ class SentenceTransformer(TextEncoder):
     def __init__(self, model_name_or_path: str | Path, *, truncate_dim: int | None = None, **kwargs: Any) -> None:
         super().__init__(model_name_or_path, **kwargs)
         self.truncate_dim = truncate_dim
-
-    @property
-    def truncate_dim(self) -> int | None:
-        """Default number of leading dimensions `encode` keeps (None: all)."""
-        return self._truncate_dim
-
-    @truncate_dim.setter
-    def truncate_dim(self, value: int | None) -> None:
-        self._truncate_dim = check_truncate_dim(value, self.manifest.embedding_dimension)
 
     @property
     def similarity_fn_name(self) -> str:
@@ -132,7 +123,7 @@ class SentenceTransformer(TextEncoder):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
         texts, single = check_texts(inputs)
-        prompt = self._resolve_prompt(prompt, prompt_name)
+        texts_in, prompt = self._prompted(texts, prompt, prompt_name)
         graph = self.routes.graph(task)
         if output_value != "sentence_embedding" and "token_embeddings" not in graph.outputs:
             raise ValueError(f"This model{f' (route {graph.route_name!r})' if graph.route_name else ''} has no token "
@@ -141,33 +132,26 @@ class SentenceTransformer(TextEncoder):
         extra_feeds = {}
         if prompt:
             extra_feeds["prompt_length"] = np.array([graph.tokenizer.prompt_length(prompt)], dtype=np.int64)
-            texts_in = [prompt + t for t in texts]
-        else:
-            texts_in = texts
         outputs = ["sentence_embedding"] if output_value == "sentence_embedding" else ["sentence_embedding",
                                                                                          "token_embeddings"]
         dimension = graph.route.embedding_dimension or self.manifest.embedding_dimension or 0
         truncate_dim = check_truncate_dim(self.truncate_dim if truncate_dim is None else truncate_dim, dimension or None)
         sentence = np.zeros((len(texts), dimension), dtype=np.float32)
         per_text: list[dict[str, np.ndarray]] = [{} for _ in texts] if output_value != "sentence_embedding" else []
-        batches = list(length_sorted_batches([len(t) for t in texts], batch_size))
-        with progress(len(batches), show_progress_bar) as bar:
-            for index in batches:
-                feeds = graph.tokenizer.encode([texts_in[i] for i in index])
-                feeds.update(extra_feeds)
-                result = graph.run(feeds, outputs)
-                sentence[index] = result[0]
-                if per_text:
-                    for row, i in enumerate(index):
-                        mask = feeds["attention_mask"][row]
-                        length = int(np.flatnonzero(mask).max()) + 1 if mask.any() else 1
-                        per_text[i] = {
-                            "sentence_embedding": result[0][row, :truncate_dim],
-                            "token_embeddings": result[1][row, :length],
-                            "input_ids": feeds["input_ids"][row],
-                            "attention_mask": mask,
-                        }
-                bar.update(1)
+        for index, feeds in tokenized_batches(texts_in, graph.tokenizer, batch_size, show_progress_bar):
+            feeds.update(extra_feeds)
+            result = graph.run(feeds, outputs)
+            sentence[index] = result[0]
+            if per_text:
+                for row, i in enumerate(index):
+                    mask = feeds["attention_mask"][row]
+                    length = int(np.flatnonzero(mask).max()) + 1 if mask.any() else 1
+                    per_text[i] = {
+                        "sentence_embedding": result[0][row, :truncate_dim],
+                        "token_embeddings": result[1][row, :length],
+                        "input_ids": feeds["input_ids"][row],
+                        "attention_mask": mask,
+                    }
 
         if output_value == "token_embeddings":
             embeddings = [item["token_embeddings"] for item in per_text]
@@ -217,19 +201,3 @@ class SentenceTransformer(TextEncoder):
         pool.close()
 
     stop_pool = stop_multi_process_pool
-
-
-def check_truncate_dim(value: int | None, dimension: int | None) -> int | None:
-    """`value` as an int, if it is None or an int from 1 to `dimension` (any positive int when that is unknown).
-
-    sentence-transformers slices `[..., :truncate_dim]`, so -1 silently drops one dimension and values above the
-    dimension are ignored; here those are errors.
-
-    Raises:
-        ValueError: anything else (InvalidInputError, also a ValueError, for a non-int or non-positive value).
-    """
-    value = check_positive_int(value, "truncate_dim", allow_none=True)
-    if value is not None and dimension and value > dimension:
-        raise ValueError(f"truncate_dim must be None or an int from 1 to {dimension} (the embedding dimension), got "
-                         f"{value}.")
-    return value

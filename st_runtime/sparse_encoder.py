@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from st_runtime.base import TextEncoder, check_positive_int, check_texts, length_sorted_batches, progress
+from st_runtime.base import TextEncoder, check_positive_int, check_texts, tokenized_batches
 from st_runtime.manifest import folder_file
 from st_runtime.sparse import SparseEmbeddings, as_format, intersection, keep_top_k, scipy_sparse, sparse_similarity, to_csr
 
@@ -40,7 +40,7 @@ class SparseEncoder(TextEncoder):
     def __init__(self, model_name_or_path: str | Path, *, max_active_dims: int | None = None, **kwargs: Any) -> None:
         super().__init__(model_name_or_path, **kwargs)
         if max_active_dims is None:
-            max_active_dims = self.manifest.task_config.get("max_active_dims")
+            max_active_dims = self.manifest.task_config.max_active_dims
         self.max_active_dims = _check_max_active_dims(max_active_dims)
         self._vocabulary: list[str | None] | None = None
 
@@ -51,7 +51,7 @@ class SparseEncoder(TextEncoder):
 
     def get_embedding_dimension(self) -> int:
         """Size of the vectors `encode` returns: the vocabulary size."""
-        return int(self.manifest.task_config.get("vocab_size") or self.manifest.embedding_dimension)
+        return self.manifest.task_config.vocab_size
 
     get_sentence_embedding_dimension = get_embedding_dimension
 
@@ -105,22 +105,17 @@ class SparseEncoder(TextEncoder):
         sparse = scipy_sparse(required=sparse_format == "scipy") if sparse_format != "numpy" else None
         texts, single = check_texts(inputs)
         top_k = _check_max_active_dims(max_active_dims) if max_active_dims is not None else self.max_active_dims
-        prompt = self._resolve_prompt(prompt, prompt_name)
-        texts_in = [prompt + t for t in texts] if prompt else texts
+        texts_in, _ = self._prompted(texts, prompt, prompt_name)
         graph = self.routes.graph(task)
-        dim = int(graph.route.task_config.get("vocab_size") or self.get_embedding_dimension())  # a route may differ
+        dim = graph.route.task_config.vocab_size  # a route's may differ from the model's
         row_indices: list[np.ndarray] = [np.zeros(0, np.int64)] * len(texts)
         row_values: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
-        batches = list(length_sorted_batches([len(t) for t in texts_in], batch_size))
-        with progress(len(batches), show_progress_bar) as bar:
-            for index in batches:
-                feeds = graph.tokenizer.encode([texts_in[i] for i in index])
-                scores = run_in_slices(graph, feeds, dim if "pooling_strategy" in graph.route.task_config else 0)
-                scores = keep_top_k(scores, top_k)
-                for row, i in enumerate(index):
-                    (nonzero,) = np.nonzero(scores[row])
-                    row_indices[i], row_values[i] = nonzero.astype(np.int64), scores[row, nonzero]
-                bar.update(1)
+        for index, feeds in tokenized_batches(texts_in, graph.tokenizer, batch_size, show_progress_bar):
+            scores = run_in_slices(graph, feeds, dim if graph.route.task_config.splade is not None else 0)
+            scores = keep_top_k(scores, top_k)
+            for row, i in enumerate(index):
+                (nonzero,) = np.nonzero(scores[row])
+                row_indices[i], row_values[i] = nonzero.astype(np.int64), scores[row, nonzero]
 
         indptr = np.concatenate([[0], np.cumsum([len(v) for v in row_values])]).astype(np.int64)
         csr = SparseEmbeddings(indptr, np.concatenate([np.zeros(0, np.int64), *row_indices]),

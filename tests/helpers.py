@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +63,42 @@ def tiny_tokenizer(vocab_file: Path, *, arch: str = "bert", model_max_length: in
     ids = tokenizer("hello world")["input_ids"]
     assert tokenizer.unk_token_id not in ids, f"'hello world' tokenized to unknown tokens: {ids}"
     return tokenizer
+
+
+# The training stack a torch-free runtime process must never import.
+TRAINING_STACK = ("torch", "transformers", "sentence_transformers", "optimum", "huggingface_hub", "exporters")
+
+_BLOCKING_PREAMBLE = """\
+import json, sys
+BLOCKED = {blocked!r}
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Block())
+for _name in BLOCKED:
+    try:
+        __import__(_name)
+    except ImportError:
+        continue
+    raise SystemExit(f"{{_name}} was importable: the test is broken")
+
+
+def loaded_blocked():
+    \"\"\"The blocked packages' modules imported so far (none, unless a blocked import was swallowed).\"\"\"
+    return sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+
+"""
+
+
+def run_blocking_imports(body: str, *args: str, blocked: Sequence[str] = TRAINING_STACK,
+                         timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `body` (Python source, dedented) in a fresh interpreter in which importing any package of `blocked` (by
+    top-level name) raises ImportError, with `args` as sys.argv[1:]. The body sees json, sys, BLOCKED and
+    `loaded_blocked()`; it reports by printing JSON on its last stdout line."""
+    script = _BLOCKING_PREAMBLE.format(blocked=tuple(blocked)) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+

@@ -5,6 +5,7 @@ sentence-transformers peers. No timing is asserted: only that every figure is th
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from bench.runner import SCHEMA, BenchConfig, run_bench
 from bench.sysinfo import peak_gflops
 from exporters import export
 from quantizers import DynamicInt8, quantize
-from quantizers.accuracy import spearman
+from st_runtime.metrics import spearman
 
 ROOT = Path(__file__).resolve().parent.parent
+HAS_MULTI_VECTOR = importlib.util.find_spec("sentence_transformers.multi_vector_encoder") is not None
 
 
 # --- accuracy figures ----------------------------------------------------------------------------------------------
@@ -64,6 +66,15 @@ def test_ranking_accuracy_per_query_and_overall():
     swapped = quality.ranking_accuracy(ref, np.array([0.9, 0.5, 0.1, 0.2, 0.4, 0.8]), group=3)
     assert swapped["mean_query_spearman"] == pytest.approx(0.0)  # query 1 reversed (-1), query 2 kept (+1)
     assert swapped["mean_abs_diff"] == pytest.approx(1.6 / 6)
+
+
+def test_rank_overlap_of_top_k_lists():
+    ref = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert quality.rank_overlap(ref, ref[:, ::-1]) == {"top4_overlap": 1.0, "min_top4_overlap": 1.0}  # order ignored
+    half = np.array([[0, 1, 8, 9], [4, 5, 6, 7]])
+    assert quality.rank_overlap(ref, half) == {"top4_overlap": 0.75, "min_top4_overlap": 0.5}
+    with pytest.raises(ValueError, match="shape"):
+        quality.rank_overlap(ref, ref[:1])
 
 
 def _csr(dense: np.ndarray) -> dict[str, np.ndarray]:
@@ -346,3 +357,79 @@ def test_run_bench_on_rerankers_and_sparse_encoders(tiny_reranker_and_splade, ki
         assert -1 <= m["accuracy"].get("lee_spearman", 0) <= 1
     assert m["speedup"] == 1.0 and m["latency_ms"]["calls"] >= 1
     assert report.terminal_table(document)
+
+
+def test_multi_vector_workload(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"text number {i} about late interaction" for i in range(150)), encoding="utf-8")
+    work = workloads.build_workload("multi-vector-embedding", corpus_file=corpus, latency_n=5, rerank_queries=20)
+    assert len(work.rerank) == 2 and all(len(docs) == 100 for _, docs in work.rerank)  # about as many pairs as texts
+    assert len(work.queries) == 5 and not work.lee_documents  # MaxSim is no one-vector similarity: no Lee figure
+    from quantizers.texts import heldout_texts
+
+    assert work.heldout == tuple(heldout_texts())  # the texts of the manifest's MaxSim accuracy
+    assert workloads.build_workload("sentence-embedding", corpus_file=corpus).heldout == ()
+
+
+@pytest.fixture(scope="module")
+def tiny_multi_vector(tmp_path_factory, tiny_transformers_dir, bert_vocab):
+    """A tiny ColBERT-shaped MultiVectorEncoder (query expansion, punctuation skiplist, query/document prompts) saved
+    as a sentence-transformers folder, exported, with a dynamic int8 variant."""
+    import string
+
+    import torch
+    from conftest import build_tiny_transformer
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    base = tiny_transformers_dir / "bert-0"
+    if not base.exists():
+        build_tiny_transformer(base, bert_vocab, arch="bert", seed=0)
+    transformer = Transformer(str(base), max_seq_length=48, document_length=40,
+                              query_expansion={"strategy": "fixed", "length": 16})
+    torch.manual_seed(1)
+    model = MultiVectorEncoder(modules=[
+        transformer,
+        Dense(32, 16, bias=False, activation_function=torch.nn.Identity(), module_input_name="token_embeddings"),
+        MultiVectorMask(skiplist_words=list(string.punctuation)),
+        Normalize(module_input_name="token_embeddings"),
+    ], device="cpu", prompts={"query": "query: ", "document": "passage: "})
+    root = tmp_path_factory.mktemp("bench-multi-vector")
+    model.save(str(root / "source"))
+    export(model, root / "exported")
+    quantize(root / "exported", [DynamicInt8()])
+    return root / "source", root / "exported"
+
+
+@pytest.mark.skipif(not HAS_MULTI_VECTOR, reason="MultiVectorEncoder is new in sentence-transformers 6; this is the "
+                                                  "sentence-transformers 5 line")
+def test_run_bench_on_a_multi_vector_encoder(tiny_multi_vector, tmp_path):
+    import st_runtime
+
+    source, folder = tiny_multi_vector
+    document = run_bench(BenchConfig(folder=folder, source=source, peers=("torch", "onnx"), threads=1, repeats=1,
+                                     warmup=0, max_texts=150, latency_n=3, progress=False))
+    assert document["task"] == "multi-vector-embedding" and document["reference"] == "st:torch"
+    assert document["headline_accuracy"] == "spearman" and document["workload"]["heldout_texts"] == 200
+    assert document["workload"]["rerank_queries"] == 2
+    rows = {r["id"]: r for r in document["rows"]}
+    int8 = next(v.name for v in st_runtime.load_manifest(folder).variants if v.precision == "int8")
+    for row_id in ("st:torch", "st_runtime:fp32", f"st_runtime:{int8}"):
+        assert rows[row_id]["status"] == "ok", rows[row_id]["note"]
+        m = rows[row_id]["metrics"]
+        assert m["texts_per_s"] > 0 and m["query_texts_per_s"] > 0 and m["latency_ms"]["calls"] == 3
+        assert 0.9 <= m["accuracy"]["spearman"] <= 1.0 and 0 <= m["accuracy"]["top10_overlap"] <= 1.0
+    # sentence-transformers' own backend="onnx" of a MultiVectorEncoder: optimum-onnx does not install beside it
+    assert rows["st:onnx"]["status"] == "ok" or "optimum" in rows["st:onnx"]["note"]
+    fp32 = rows["st_runtime:fp32"]["metrics"]
+    assert fp32["accuracy"]["spearman"] == pytest.approx(1.0, abs=1e-6)  # the same model, same texts, as torch
+    assert fp32["accuracy"]["mean_abs_diff"] < 1e-4
+    assert fp32["accuracy"]["top10_overlap"] == 1.0 and fp32["accuracy"]["min_top10_overlap"] == 1.0
+    assert fp32["speedup"] > 0 and "query_speedup" in fp32
+    table = report.terminal_table(document)
+    assert "MaxSim Spearman" in table and "queries/s" in table and "docs/s" in table and "rank: 2 queries" in table
+    report.write_markdown(document, tmp_path / "r.md")
+    assert "st_runtime fp32" in (tmp_path / "r.md").read_text()
+    report.write_plot(document, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

@@ -6,9 +6,6 @@ input checking, threads, the CLI and sentence-transformers' own ONNX backend."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import FP32_ATOL, requires_st_backend, tiny_tokenizer
+from helpers import FP32_ATOL, requires_st_backend, run_blocking_imports, tiny_tokenizer
 from sentence_transformers import CrossEncoder
 
 import st_runtime
@@ -188,6 +185,13 @@ def test_rank_parity(exported, sentences, arch):
     assert scores == sorted(scores, reverse=True)
 
 
+def test_load_opens_a_cross_encoder(exported, pairs):
+    reference, folder = exported("bert", 3)
+    model = st_runtime.load(folder)
+    assert type(model) is st_runtime.CrossEncoder and model.num_labels == 3
+    assert_close(model.predict(pairs[:10], show_progress_bar=False), reference.predict(pairs[:10], show_progress_bar=False))
+
+
 def test_rank_needs_one_label(exported):
     reference, folder = exported("bert", 3)
     with pytest.raises(ValueError, match="num_labels=1"):
@@ -321,29 +325,20 @@ def test_sentence_transformers_onnx_backend_loads_the_folder(exported, pairs):
     assert_close(backend.predict(pairs, show_progress_bar=False), reference.predict(pairs, show_progress_bar=False))
 
 
-CHILD = textwrap.dedent("""
-    import json, sys
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "transformers", "sentence_transformers", "exporters"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
+CHILD = """
     import st_runtime
     model = st_runtime.CrossEncoder(sys.argv[1])
     pairs = [tuple(p) for p in json.loads(sys.argv[2])]
     ranked = model.rank(pairs[0][0], [d for _, d in pairs], return_documents=True)
     print(json.dumps({"scores": model.predict(pairs).tolist(), "ranked": [r["corpus_id"] for r in ranked]}))
-""")
+"""
 
 
 def test_runtime_runs_where_torch_cannot_be_imported(exported, pairs):
     reference, folder = exported("bert", 1)
     chosen = pairs[:12]
-    result = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(chosen)], capture_output=True, text=True,
-                            timeout=120)
+    result = run_blocking_imports(CHILD, str(folder), json.dumps(chosen),
+                                  blocked=("torch", "transformers", "sentence_transformers", "exporters"))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert_close(np.array(payload["scores"], dtype=np.float32), reference.predict(chosen, show_progress_bar=False))

@@ -23,6 +23,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 
 import exporters.folder
 import exporters.source
+import st_runtime.staging
 from exporters import ModelLoadError, OutputExistsError, UnsupportedModelError, export
 from exporters.cli import main as cli_main
 from exporters.folder import check_output_dir, exchange, staged_output_dir
@@ -418,7 +419,7 @@ def test_kill_9_during_an_export_is_cleaned_by_the_next(source_dir, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     left = hidden(tmp_path)
-    assert len(left) == 1 and left[0].startswith(f".out.partial-{exporters.folder._host()}-{process.pid}-"), left
+    assert len(left) == 1 and left[0].startswith(f".out.partial-{st_runtime.staging.host_tag()}-{process.pid}-"), left
     assert not out.exists()
 
     export(source_dir, out)
@@ -428,8 +429,8 @@ def test_kill_9_during_an_export_is_cleaned_by_the_next(source_dir, tmp_path):
 
 def test_staging_folders_of_live_processes_are_kept(tmp_path):
     out = tmp_path / "out"
-    host = exporters.folder._host()
-    mine = tmp_path / f".out.partial-{exporters.folder._owner_tag()}-abc"
+    host = st_runtime.staging.host_tag()
+    mine = tmp_path / f".out.partial-{st_runtime.staging.owner_tag()}-abc"
     dead = tmp_path / f".out.partial-{host}-999999999-1-abc"  # above any pid_max
     reused = tmp_path / f".out.partial-{host}-{os.getpid()}-1-abc"  # this pid, but started at another time
     other = tmp_path / f".other.partial-{host}-999999999-1-abc"  # another output's
@@ -438,7 +439,7 @@ def test_staging_folders_of_live_processes_are_kept(tmp_path):
         folder.mkdir()
     check_output_dir(out, overwrite=False)
     expected = [mine.name, other.name, remote.name]
-    if not exporters.folder._start_time(os.getpid()):  # no /proc: a live pid is never judged reused
+    if not st_runtime.staging.process_start_time(os.getpid()):  # no /proc: a live pid is never judged reused
         expected.append(reused.name)
     assert hidden(tmp_path) == sorted(expected)
 

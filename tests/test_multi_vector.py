@@ -6,23 +6,25 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import string
-import subprocess
-import sys
-import textwrap
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import build_tiny_transformer, varied_sentences
+from helpers import run_blocking_imports
 
 import st_runtime
 
 HAS_MULTI_VECTOR = importlib.util.find_spec("sentence_transformers.multi_vector_encoder") is not None
 st6 = pytest.mark.skipif(not HAS_MULTI_VECTOR, reason="MultiVectorEncoder is new in sentence-transformers 6; this is "
                                                       "the sentence-transformers 5 line")
+ST_VERSION = metadata.version("sentence-transformers")
+# truncate_dim (constructor, saved config, encode argument) is new in sentence-transformers 6.3
+HAS_TRUNCATE_DIM = HAS_MULTI_VECTOR and tuple(int(x) for x in re.findall(r"\d+", ST_VERSION)[:2]) >= (6, 3)
 ATOL = 1e-5
-BLOCKED = ("torch", "transformers", "sentence_transformers", "optimum", "huggingface_hub", "exporters")
 LONG = " ".join(["Late interaction keeps one vector per token, and long texts are truncated."] * 30)
 TEXTS = ["", " ", "a", "What is the capital of France?", "Paris, the capital of France; (famous!)", LONG,
          "Zürich, Москва, 東京 and القاهرة 🙂", "query: already prefixed?", *varied_sentences(14, seed=3)]
@@ -159,6 +161,131 @@ def test_prompts_expansion_and_rank(exported):
 
 
 @st6
+def test_load_opens_a_multi_vector_encoder(exported):
+    reference, folder = exported("bert-fixed-skiplist")
+    model = st_runtime.load(folder)
+    assert type(model) is st_runtime.MultiVectorEncoder
+    assert_same_rows(reference.encode_document(TEXTS, convert_to_numpy=True), model.encode_document(TEXTS), TEXTS)
+
+
+def unit_rows(rows: list[np.ndarray], dim: int) -> None:
+    for row in rows:
+        assert row.shape[1] == dim and row.dtype == np.float32 and row.flags.c_contiguous
+        if len(row):
+            np.testing.assert_allclose(np.linalg.norm(row, axis=1), 1.0, rtol=1e-5)
+
+
+@st6
+def test_truncate_dim_per_call_default_and_saved(exported, tmp_path, bert_vocab):
+    reference, folder = exported("bert-fixed-skiplist")  # 16-dimensional token vectors
+    model = st_runtime.MultiVectorEncoder(folder)
+    assert model.truncate_dim is None and model.get_embedding_dimension() == 16
+    full = model.encode_document(TEXTS)
+    per_call = model.encode_document(TEXTS, truncate_dim=4)
+    unit_rows(per_call, 4)
+    assert [len(r) for r in per_call] == [len(r) for r in full]  # the same rows, fewer dimensions
+    for f, t in zip(full, per_call, strict=True):
+        if len(f):
+            cut = f[:, :4] / np.linalg.norm(f[:, :4], axis=1, keepdims=True)
+            np.testing.assert_allclose(t, cut, rtol=1e-5, atol=1e-6)
+    assert model.encode_query("capital of France?", truncate_dim=16).shape == (12, 16)
+    assert model.encode_document([], truncate_dim=4) == []
+    eight = st_runtime.MultiVectorEncoder(folder, truncate_dim=8)
+    assert eight.truncate_dim == 8 and eight.get_embedding_dimension() == 8
+    unit_rows(eight.encode_query(QUERIES), 8)
+    unit_rows(eight.encode_document(TEXTS, truncate_dim=3), 3)  # a per-call value wins over the default
+    np.testing.assert_allclose(eight.rank("capital of France?", TEXTS[:5])[0]["score"],
+                               eight.similarity(eight.encode_query(["capital of France?"]),
+                                                eight.encode_document(TEXTS[:5])).max(), rtol=1e-6)
+    for bad in (0, -1, 2.5, "4", True):
+        with pytest.raises(st_runtime.InvalidInputError, match="truncate_dim must be a positive int"):
+            model.encode_document(TEXTS[:2], truncate_dim=bad)
+    with pytest.raises(ValueError, match=r"truncate_dim must be None or an int from 1 to 16 \(the embedding dimension\), got 17"):
+        st_runtime.MultiVectorEncoder(folder, truncate_dim=17)
+    with pytest.raises(ValueError, match="from 1 to 16"):
+        model.encode_query(QUERIES, truncate_dim=17)
+    with pytest.raises(st_runtime.InvalidInputError):
+        eight.truncate_dim = 0
+    eight.truncate_dim = None
+    assert eight.get_embedding_dimension() == 16
+
+    # a value recorded in the manifest (what st-export writes for a model saved with truncate_dim) is the default
+    saved_copy = tmp_path / "saved-copy"
+    import shutil
+
+    shutil.copytree(folder, saved_copy)
+    manifest_path = saved_copy / "st_runtime.json"
+    data = json.loads(manifest_path.read_text())
+    data["task_config"]["truncate_dim"] = 6
+    manifest_path.write_text(json.dumps(data))
+    recorded = st_runtime.MultiVectorEncoder(saved_copy)
+    assert recorded.truncate_dim == 6 and recorded.get_embedding_dimension() == 6
+    unit_rows(recorded.encode_document(TEXTS), 6)
+    assert st_runtime.MultiVectorEncoder(saved_copy, truncate_dim=2).get_embedding_dimension() == 2
+    data["task_config"]["truncate_dim"] = 99
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(st_runtime.ManifestError, match="truncate_dim"):
+        st_runtime.MultiVectorEncoder(saved_copy)
+
+    if not HAS_TRUNCATE_DIM:
+        pytest.skip(f"sentence-transformers {ST_VERSION} has no truncate_dim (new in 6.3): the parity against it is "
+                    "not checked; the runtime checks above ran")
+    from sentence_transformers import MultiVectorEncoder
+
+    from exporters import export
+
+    # per call, against sentence-transformers on the same model
+    for truncate_dim in (4, 16):
+        expected_q = reference.encode_query(QUERIES, truncate_dim=truncate_dim, convert_to_numpy=True)
+        expected_d = reference.encode_document(TEXTS, truncate_dim=truncate_dim, convert_to_numpy=True)
+        actual_q = model.encode_query(QUERIES, truncate_dim=truncate_dim, batch_size=3)
+        actual_d = model.encode_document(TEXTS, truncate_dim=truncate_dim, batch_size=5)
+        assert_same_rows(expected_q, actual_q, QUERIES)
+        assert_same_rows(expected_d, actual_d, TEXTS)
+        np.testing.assert_allclose(model.similarity(actual_q, actual_d),
+                                   reference.similarity(expected_q, expected_d).numpy(), rtol=1e-5, atol=1e-4)
+
+    # a model saved with truncate_dim: sentence-transformers writes it to config_sentence_transformers.json, reads it
+    # back, st-export records it, st_runtime applies it by default (and a per-call value still wins)
+    source = build_model("bert-min-attend-both", tmp_path / "transformers", bert_vocab)  # 8 dims, meanmaxsim
+    source.truncate_dim = 5
+    source.save(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "config_sentence_transformers.json").read_text())["truncate_dim"] == 5
+    loaded = MultiVectorEncoder(str(tmp_path / "saved"), device="cpu")
+    assert loaded.truncate_dim == 5 and loaded.get_embedding_dimension() == 5
+    manifest = export(loaded, tmp_path / "saved-out")
+    assert manifest.task_config.truncate_dim == 5 and manifest.embedding_dimension == 8
+    runtime = st_runtime.MultiVectorEncoder(tmp_path / "saved-out")
+    assert runtime.truncate_dim == 5 and runtime.get_embedding_dimension() == loaded.get_embedding_dimension()
+    expected_q = loaded.encode_query(QUERIES, convert_to_numpy=True)
+    expected_d = loaded.encode_document(TEXTS, convert_to_numpy=True)
+    actual_q, actual_d = runtime.encode_query(QUERIES), runtime.encode_document(TEXTS)
+    assert_same_rows(expected_q, actual_q, QUERIES)
+    assert_same_rows(expected_d, actual_d, TEXTS)
+    np.testing.assert_allclose(runtime.similarity(actual_q, actual_d),
+                               loaded.similarity(expected_q, expected_d).numpy(), rtol=1e-5, atol=1e-4)
+    assert_same_rows(loaded.encode(TEXTS, truncate_dim=3, convert_to_numpy=True), runtime.encode(TEXTS, truncate_dim=3),
+                     TEXTS)
+
+
+@st6
+def test_exporter_records_truncate_dim_as_sentence_transformers_applies_it():
+    from types import SimpleNamespace
+
+    from exporters.errors import UnsupportedModelError
+    from exporters.multi_vector import saved_truncate_dim
+
+    assert saved_truncate_dim(SimpleNamespace(), 16) is None  # sentence-transformers < 6.3: no attribute
+    assert saved_truncate_dim(SimpleNamespace(truncate_dim=None), 16) is None
+    assert saved_truncate_dim(SimpleNamespace(truncate_dim=8), 16) == 8
+    # above the dimension, sentence-transformers keeps every dimension and normalizes: truncate_dim=dimension
+    assert saved_truncate_dim(SimpleNamespace(truncate_dim=64), 16) == 16
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(UnsupportedModelError, match="truncate_dim"):
+            saved_truncate_dim(SimpleNamespace(truncate_dim=bad), 16)
+
+
+@st6
 def test_int8_variant_records_maxsim_spearman(exported, tmp_path):
     import shutil
 
@@ -199,30 +326,18 @@ def test_token_pooling_is_refused_by_name(tmp_path, bert_vocab):
     assert not (tmp_path / "out").exists()
 
 
-CHILD = textwrap.dedent("""
-    import json, sys
-    BLOCKED = {blocked!r}
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{{name}} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
+CHILD = """
     import st_runtime
     model = st_runtime.MultiVectorEncoder(sys.argv[1])
     queries, documents = model.encode_query(json.loads(sys.argv[2])), model.encode_document(json.loads(sys.argv[3]))
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    print(json.dumps({{"scores": model.similarity(queries, documents).tolist(), "loaded": loaded}}))
-""").format(blocked=BLOCKED)
+    print(json.dumps({"scores": model.similarity(queries, documents).tolist(), "loaded": loaded_blocked()}))
+"""
 
 
 @st6
 def test_runs_where_torch_cannot_be_imported(exported):
     reference, folder = exported("bert-fixed-skiplist")
-    result = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(QUERIES), json.dumps(TEXTS)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_blocking_imports(CHILD, str(folder), json.dumps(QUERIES), json.dumps(TEXTS))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["loaded"] == []

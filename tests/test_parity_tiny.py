@@ -40,10 +40,10 @@ def test_weightedmean_rule_follows_the_installed_pooling(tiny_bi_encoder, tmp_pa
     matches sentence-transformers either way."""
     from sentence_transformers import __version__
 
-    from exporters import graphs
+    from exporters import bi_encoder
 
     installed_major = int(__version__.split(".")[0])
-    assert graphs.WEIGHTS_START_AT_FIRST_TOKEN is (installed_major >= 6)
+    assert bi_encoder.WEIGHTS_START_AT_FIRST_TOKEN is (installed_major >= 6)
     model = tiny_bi_encoder(pooling_mode=("cls", "weightedmean", "max"), include_prompt=False,
                             prompts={"query": "query: a long instruction prompt "})
     export(model, tmp_path / "out")

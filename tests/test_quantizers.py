@@ -1,5 +1,6 @@
 """Variants: every pass writes a runnable file recorded with its accuracy; the fp32 graph never changes;
---min-accuracy writes nothing when a variant falls short; outputs stay within their floors."""
+--min-accuracy writes nothing when a variant falls short; outputs stay within their floors. Variants are named with
+the one vocabulary (quantizers/variants.py) that st-export's flags and the zoo's recipes expand to."""
 
 from __future__ import annotations
 
@@ -8,22 +9,14 @@ import pytest
 
 import st_runtime
 from exporters import export
+from exporters.cli import build_parser, variant_configs
 from exporters.cli import main as cli_main
-from quantizers import (
-    AccuracyError,
-    DynamicInt8,
-    Fp16,
-    OpenVino,
-    OpenVinoInt8Weights,
-    OpenVinoStaticInt8,
-    Optimize,
-    QuantizationError,
-    StaticInt8,
-    quantize,
-)
-from quantizers.accuracy import cosines, spearman, top_k_overlap
-from quantizers.isa import detect_isa
+from quantizers import AccuracyError, QuantizationError, quantize, variant_config
+from quantizers.configs import DynamicInt8, OpenVinoInt8Weights
+from quantizers.variants import BACKENDS, VARIANT_KEYS, canonical, expand_flags
+from st_runtime.machine import detect_isa
 from st_runtime.manifest import hash_folder, sha256_file
+from st_runtime.metrics import cosines, spearman, top_k_overlap
 
 CALIBRATION = tuple(f"calibration sentence number {i} about topic {i % 7}" for i in range(24))
 
@@ -37,12 +30,12 @@ def exported(tiny_bi_encoder, tmp_path):
 
 # (config, largest |diff| to sentence-transformers allowed on the embeddings)
 FLOAT_VARIANTS = [
-    (Optimize("O1"), 1e-5),
-    (Optimize("O2"), 1e-4),
-    (Optimize("O3"), 5e-3),  # gelu approximation
-    (Fp16(), 5e-3),
-    (OpenVino("fp32"), 1e-4),
-    (OpenVino("fp16"), 5e-3),
+    (variant_config("O1"), 1e-5),
+    (variant_config("O2"), 1e-4),
+    (variant_config("O3"), 5e-3),  # gelu approximation
+    (variant_config("fp16"), 5e-3),
+    (variant_config("openvino"), 1e-4),
+    (variant_config("openvino-fp16"), 5e-3),
 ]
 
 
@@ -61,9 +54,11 @@ def test_float_variants_stay_close_to_sentence_transformers(exported, sentences,
     assert np.abs(actual - expected).max() <= atol
 
 
-@pytest.mark.parametrize("config", [DynamicInt8(isa) for isa in ("arm64", "avx2", "avx512", "avx512_vnni")]
-                         + [StaticInt8(CALIBRATION, method) for method in ("minmax", "entropy", "percentile")]
-                         + [OpenVinoInt8Weights(), OpenVinoStaticInt8(CALIBRATION)], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [variant_config("int8", isa=isa) for isa in ("arm64", "avx2", "avx512", "avx512_vnni")]
+                         + [variant_config("int8-static", method=method, calibration_texts=CALIBRATION)
+                            for method in ("minmax", "entropy", "percentile")]
+                         + [variant_config("openvino-int8"),
+                            variant_config("openvino-int8-static", calibration_texts=CALIBRATION)], ids=lambda c: c.name)
 def test_int8_variants_are_recorded_and_accurate(exported, sentences, config):
     model, folder = exported
     manifest = quantize(folder, [config], heldout=sentences[:40])
@@ -83,7 +78,7 @@ def test_int8_variants_are_recorded_and_accurate(exported, sentences, config):
 
 def test_dynamic_int8_defaults_to_this_cpu(exported, sentences):
     _, folder = exported
-    manifest = quantize(folder, [DynamicInt8()], heldout=sentences[:10])
+    manifest = quantize(folder, ["int8"], heldout=sentences[:10])
     (variant,) = [v for v in manifest.variants if v.precision == "int8"]
     assert variant.isa == detect_isa()
     assert variant.file == f"onnx/model_{'quint8' if variant.isa == 'avx2' else 'qint8'}_{variant.isa}.onnx"
@@ -96,7 +91,7 @@ def test_dynamic_int8_retries_with_feed_forward_outputs_in_float(exported, sente
 
     model, folder = exported
     monkeypatch.setattr(quantizers.api, "DYNAMIC_RETRY_BELOW", 1.01)  # force the retry on this tiny model
-    manifest = quantize(folder, [DynamicInt8("avx512_vnni")], heldout=sentences[:20])
+    manifest = quantize(folder, ["qint8_avx512_vnni"], heldout=sentences[:20])
     variant = manifest.variant(name="qint8_avx512_vnni")
     assert variant.accuracy["ffn_output_in_float"] == 1.0
     graph = onnx.load(str(folder / variant.file))
@@ -108,7 +103,7 @@ def test_dynamic_int8_retries_with_feed_forward_outputs_in_float(exported, sente
 
 def test_openvino_bf16_shares_the_fp32_ir(exported, sentences):
     model, folder = exported
-    manifest = quantize(folder, [OpenVino("fp32"), OpenVino("bf16")], heldout=sentences[:20])
+    manifest = quantize(folder, ["openvino", "openvino-bf16"], heldout=sentences[:20])
     fp32_ir, bf16 = manifest.variant(name="openvino"), manifest.variant(name="openvino_bf16")
     assert fp32_ir.file == bf16.file == "openvino/openvino_model.xml"
     assert bf16.inference_precision == "bf16" and fp32_ir.inference_precision == "fp32"
@@ -122,18 +117,68 @@ def test_min_accuracy_above_reach_writes_nothing(exported, sentences):
     before = hash_folder(folder)
     manifest_text = (folder / "st_runtime.json").read_text()
     with pytest.raises(AccuracyError, match="below --min-accuracy"):
-        quantize(folder, [Optimize("O2"), DynamicInt8("avx512_vnni")], min_accuracy=0.99999999, heldout=sentences[:20])
+        quantize(folder, ["O2", "qint8_avx512_vnni"], min_accuracy=0.99999999, heldout=sentences[:20])
     assert hash_folder(folder) == before
     assert (folder / "st_runtime.json").read_text() == manifest_text
 
 
 def test_existing_variant_needs_overwrite(exported, sentences):
     _, folder = exported
-    quantize(folder, [Optimize("O1")], heldout=sentences[:5])
+    quantize(folder, ["O1"], heldout=sentences[:5])
     with pytest.raises(QuantizationError, match="overwrite"):
-        quantize(folder, [Optimize("O1")], heldout=sentences[:5])
-    manifest = quantize(folder, [Optimize("O1")], heldout=sentences[:5], overwrite=True)
+        quantize(folder, ["O1"], heldout=sentences[:5])
+    manifest = quantize(folder, ["O1"], heldout=sentences[:5], overwrite=True)
     assert [v.name for v in manifest.variants].count("O1") == 1
+
+
+def test_one_variant_vocabulary():
+    # one variant, one key: its recipe key, its manifest name and st-export's flags all name the same config
+    assert canonical("openvino-int8") == canonical("openvino_qint8_weights") == "openvino-int8"
+    assert variant_config("openvino-int8") == variant_config("openvino_qint8_weights") == OpenVinoInt8Weights()
+    flags = build_parser().parse_args(["model", "-o", "out", "--backend", "openvino", "--quantize", "int8"])
+    assert variant_configs(flags)[1:] == [OpenVinoInt8Weights()]  # after the fp32 IR it is built from
+    assert variant_config("qint8_avx512_vnni") == DynamicInt8(isa="avx512_vnni")
+    assert variant_config("int8-static", method="entropy").name == "qint8_static_entropy"
+    for key in VARIANT_KEYS:  # every key's manifest name leads back to it
+        assert canonical(variant_config(key).name) == key
+    # every value st-export's variant flags take asks for a variant of the table
+    choices = {a.dest: a.choices for a in build_parser()._actions if a.dest in ("optimize", "quantize", "backend")}
+    assert set(choices["backend"]) == set(BACKENDS)
+    for flag in (*choices["optimize"], *choices["quantize"], "fp16", "bf16"):
+        assert expand_flags(BACKENDS, {flag}), flag
+    with pytest.raises(ValueError, match="Unknown variant 'int4'"):
+        variant_config("int4")
+    with pytest.raises(ValueError, match="takes no isa"):
+        variant_config("fp16", isa="avx2")
+    with pytest.raises(ValueError, match="built with isa 'avx2'"):
+        variant_config("quint8_avx2", isa="avx512")
+
+
+def test_optimization_reports_its_fusions_in_the_manifest(exported, sentences):
+    _, folder = exported
+    manifest = quantize(folder, ["O2"], heldout=sentences[:5])
+    fusions = manifest.variant(name="O2").report["fusions"]
+    assert fusions["SkipLayerNormalization"] > 0 and all(count > 0 for count in fusions.values())
+    assert st_runtime.load_manifest(folder).variant(name="O2").report == {"fusions": fusions}
+
+
+def test_an_optimization_that_fuses_nothing_is_an_error(tiny_transformers_dir, bert_vocab, tmp_path):
+    """A StaticEmbedding graph (an embedding bag) has nothing O2 fuses: no variant, instead of a copy of fp32."""
+    from conftest import build_tiny_transformer
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    from tokenizers import Tokenizer
+
+    folder = tiny_transformers_dir / "bert-0"
+    if not folder.exists():
+        build_tiny_transformer(folder, bert_vocab, arch="bert", seed=0)
+    static = StaticEmbedding(Tokenizer.from_file(str(folder / "tokenizer.json")), embedding_dim=16)
+    export(SentenceTransformer(modules=[static], device="cpu"), tmp_path / "out")
+    before, manifest_text = hash_folder(tmp_path / "out"), (tmp_path / "out" / "st_runtime.json").read_text()
+    with pytest.raises(QuantizationError, match="O2 fused nothing in this graph"):
+        quantize(tmp_path / "out", ["O2"], heldout=["a text", "another text"])
+    assert hash_folder(tmp_path / "out") == before
+    assert (tmp_path / "out" / "st_runtime.json").read_text() == manifest_text
 
 
 def test_cli_quantize_and_min_accuracy(tiny_bi_encoder, tmp_path, sentences, capsys):

@@ -8,7 +8,7 @@ from sentence_transformers import SentenceTransformer
 
 import st_runtime
 from exporters.cli import main as cli_main
-from quantizers.accuracy import cosines
+from st_runtime.metrics import cosines
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from sentence_transformers.util import similarity as st_similarity
 import st_runtime
 from exporters import export
 from st_runtime import InvalidInputError, ManifestError, ModelFileError
+from st_runtime.task_configs import TASKS
 
 
 @pytest.fixture
@@ -186,6 +187,27 @@ def test_manifest_of_unknown_version_or_task(exported, tmp_path):
     (other / "st_runtime.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         st_runtime.SentenceTransformer(other)
+
+
+def test_load_opens_a_folder_with_the_class_its_manifest_names(exported, tmp_path, sentences):
+    model, folder = exported
+    runtime = st_runtime.load(folder, truncate_dim=8, variant="fp32")  # the class's own arguments pass through
+    assert type(runtime) is st_runtime.SentenceTransformer and runtime.variant.name == "fp32"
+    np.testing.assert_allclose(runtime.encode(sentences[:10]), model.encode(sentences[:10], truncate_dim=8), atol=1e-5)
+    # the registry: each manifest task (every one the manifest accepts) names the class whose `task` it is
+    assert set(st_runtime.TASK_CLASSES) == set(TASKS)
+    for task, name in st_runtime.TASK_CLASSES.items():
+        assert getattr(st_runtime, name).task == task
+    with pytest.raises(ManifestError, match="no model class for task 'text-reranking'"):
+        st_runtime.kinds.model_class("text-reranking")
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    manifest = st_runtime.load_manifest(other)
+    st_runtime.Manifest(**{**manifest.__dict__, "task": "text-reranking"}).save(other)
+    with pytest.raises(ManifestError, match="text-reranking"):
+        st_runtime.load(other)
+    with pytest.raises(ManifestError, match="not a folder"):
+        st_runtime.load(tmp_path / "missing")
 
 
 def test_unknown_provider_is_an_error_or_logged_fallback(exported, caplog):

@@ -4,9 +4,6 @@ sentence-transformers' SparseEncoder run in the same test."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +13,7 @@ import onnx
 import pytest
 import scipy.sparse
 from conftest import package_dir, varied_sentences
+from helpers import run_blocking_imports
 from sentence_transformers import SparseEncoder as TorchSparseEncoder
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
@@ -142,6 +140,15 @@ def test_truncation_at_max_seq_length(tiny_splade, tmp_path, sentences):
     texts = [t for t in sentences if len(t) > 200][:20] + sentences[:20]
     actual = st_runtime.SparseEncoder(tmp_path / "out").encode(texts, convert_to_sparse_tensor=False)
     assert_dense_close(st_dense(model, texts), actual)
+
+
+def test_load_opens_a_sparse_encoder(exported, some_sentences):
+    model, folder = exported
+    runtime = st_runtime.load(folder, max_active_dims=16)  # the class's own arguments pass through
+    assert type(runtime) is st_runtime.SparseEncoder and runtime.max_active_dims == 16
+    texts = some_sentences[:20]
+    assert np.diff(runtime.encode(texts).indptr).max() <= 16
+    assert_dense_close(st_dense(model, texts), st_runtime.load(folder).encode(texts, convert_to_sparse_tensor=False))
 
 
 def test_max_active_dims_per_call(exported, some_sentences):
@@ -319,35 +326,24 @@ def test_only_splade_sparse_encoders_are_exported(mlm_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-CHILD = textwrap.dedent("""
-    import json, sys
-    BLOCKED = ("torch", "transformers", "sentence_transformers", "exporters", "scipy")
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
+CHILD = """
     import st_runtime
     model = st_runtime.SparseEncoder(sys.argv[1])
     texts = json.loads(sys.argv[2])
     embeddings = model.encode(texts)
     rows = [[embeddings.row(i)[0].tolist(), embeddings.row(i)[1].tolist()] for i in range(len(texts))]
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print(json.dumps({"type": type(embeddings).__name__, "rows": rows, "decode": model.decode(embeddings, top_k=5),
                       "similarity": model.similarity(embeddings, embeddings).tolist(),
                       "pairwise": model.similarity_pairwise(embeddings, embeddings).tolist(),
-                      "sparsity": model.sparsity(embeddings), "loaded": loaded}))
-""")
+                      "sparsity": model.sparsity(embeddings), "loaded": loaded_blocked()}))
+"""
 
 
 def test_runtime_without_torch_or_scipy(exported, sentences):
     _, folder = exported
     texts = sentences[:15]
-    result = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(texts)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_blocking_imports(CHILD, str(folder), json.dumps(texts),
+                                  blocked=("torch", "transformers", "sentence_transformers", "exporters", "scipy"))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["type"] == "SparseEmbeddings" and payload["loaded"] == []

@@ -5,9 +5,6 @@ against sentence-transformers' SparseEncoder run in the same test."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import onnx
 import pytest
 import torch
 from conftest import varied_sentences
+from helpers import run_blocking_imports
 from sentence_transformers import SparseEncoder as TorchSparseEncoder
 from sentence_transformers.sparse_encoder.modules import MLMTransformer, Router, SparseStaticEmbedding, SpladePooling
 
@@ -174,30 +172,19 @@ def test_queries_never_run_the_transformer(exported, texts):
     assert ran and set(ran) == {"document"}
 
 
-QUERY_ONLY_CHILD = textwrap.dedent("""
-    import json, sys
-    BLOCKED = ("torch", "transformers", "sentence_transformers", "exporters")
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
+QUERY_ONLY_CHILD = """
     import st_runtime
     model = st_runtime.SparseEncoder(sys.argv[1])
     embeddings = model.encode_query(json.loads(sys.argv[2]), convert_to_sparse_tensor=False)
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    print(json.dumps({"opened": list(model.routes.opened), "queries": embeddings.tolist(), "loaded": loaded}))
-""")
+    print(json.dumps({"opened": list(model.routes.opened), "queries": embeddings.tolist(), "loaded": loaded_blocked()}))
+"""
 
 
 def test_queries_in_a_process_without_torch(exported, texts):
     model, folder = exported
     queries = texts[:8]
-    result = subprocess.run([sys.executable, "-c", QUERY_ONLY_CHILD, str(folder), json.dumps(queries)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_blocking_imports(QUERY_ONLY_CHILD, str(folder), json.dumps(queries),
+                                  blocked=("torch", "transformers", "sentence_transformers", "exporters"))
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["opened"] == ["document", "query"] and payload["loaded"] == []

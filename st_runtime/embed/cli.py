@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -50,37 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run st-embed; returns the exit code."""
+    """Run st-embed; returns the exit code (expected failures: one `st-embed: error:` line, exit 1)."""
+    from st_runtime.errors import EXPECTED_ERRORS, run_cli
+
     args = build_parser().parse_args(argv)
+    # ValueError too: the readers (pyarrow, csv, json) report a malformed input file as one (pyarrow's ArrowInvalid).
+    return run_cli("st-embed", lambda: run(args), expected=(*EXPECTED_ERRORS, ValueError))
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    debug = os.environ.get("ST_RUNTIME_DEBUG") == "1"
-    from st_runtime.errors import StRuntimeError
-
     providers = tuple(p.strip() for p in args.providers.split(",")) if args.providers else None
-    try:
-        if args.ray:
-            from st_runtime.integrations.ray import embed_with_ray
+    if args.ray:
+        from st_runtime.integrations.ray import embed_with_ray
 
-            summary = embed_with_ray(args.folder, args.input, args.output, address=args.ray, column=args.column,
-                                     id_column=args.id_column, variant=args.variant, providers=providers,
-                                     prompt_name=args.prompt_name, on_bad_row=args.on_bad_row,
-                                     batch_tokens=args.batch_tokens, concurrency=args.concurrency,
-                                     num_cpus=args.threads_per_process or 1, num_gpus=args.num_gpus)
-        else:
-            from st_runtime.embed import EmbedConfig, embed_file
+        summary = embed_with_ray(args.folder, args.input, args.output, address=args.ray, column=args.column,
+                                 id_column=args.id_column, variant=args.variant, providers=providers,
+                                 prompt_name=args.prompt_name, on_bad_row=args.on_bad_row,
+                                 batch_tokens=args.batch_tokens, concurrency=args.concurrency,
+                                 num_cpus=args.threads_per_process or 1, num_gpus=args.num_gpus)
+    else:
+        from st_runtime.embed import EmbedConfig, embed_file
 
-            summary = embed_file(EmbedConfig(
-                folder=args.folder, input=Path(args.input), output=Path(args.output), column=args.column,
-                id_column=args.id_column, format=args.format, variant=args.variant, providers=providers,
-                processes=args.processes, threads_per_process=args.threads_per_process,
-                batch_tokens=args.batch_tokens, prompt_name=args.prompt_name, on_bad_row=args.on_bad_row,
-                shard_rows=args.shard_rows, overwrite=args.overwrite, progress=not args.no_progress))
-    except (ImportError, OSError, StRuntimeError, ValueError) as exc:  # expected failures: one line, exit 1
-        if debug:
-            raise
-        message = " ".join(str(exc).split())
-        print(f"st-embed: error: {message}", file=sys.stderr)
-        return 1
+        summary = embed_file(EmbedConfig(
+            folder=args.folder, input=Path(args.input), output=Path(args.output), column=args.column,
+            id_column=args.id_column, format=args.format, variant=args.variant, providers=providers,
+            processes=args.processes, threads_per_process=args.threads_per_process,
+            batch_tokens=args.batch_tokens, prompt_name=args.prompt_name, on_bad_row=args.on_bad_row,
+            shard_rows=args.shard_rows, overwrite=args.overwrite, progress=not args.no_progress))
     print(summary.line(), file=sys.stderr)
     return 0
 

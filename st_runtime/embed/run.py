@@ -326,7 +326,7 @@ def _bad(text: Any) -> str | None:
 
 def _dimension(manifest: Any, shard_files: list[Path], sparse: bool) -> int:
     if sparse:
-        return int(manifest.task_config.get("vocab_size") or manifest.embedding_dimension or 0)
+        return manifest.task_config.vocab_size
     for path in shard_files:
         with np.load(path, allow_pickle=False) as data:
             if data["embedding"].shape[1]:

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from st_runtime.base import check_text
-from st_runtime.errors import InvalidInputError
+from st_runtime.errors import InvalidInputError, StRuntimeError
 from st_runtime.serve import schemas
 from st_runtime.serve.batcher import BatchLimits, QueueFullError, RequestTooLargeError
 from st_runtime.serve.metrics import Metrics
@@ -77,7 +77,7 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class ApiError(Exception):
+class ApiError(StRuntimeError):
     """An answer other than 200: status, a message saying what to change, and the request field it is about."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):

@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from st_runtime.errors import StRuntimeError
+
 logger = logging.getLogger("st_runtime.serve")
 
 
-class QueueFullError(Exception):
+class QueueFullError(StRuntimeError):
     """The model's queue holds --max-queue inputs already (answered 429 with Retry-After)."""
 
 
-class RequestTooLargeError(Exception):
+class RequestTooLargeError(StRuntimeError):
     """A request over a limit it can never fit (answered 413)."""
 
 

@@ -59,29 +59,31 @@ def config_from_args(args: argparse.Namespace) -> object:
     """The ServeConfig the flags describe.
 
     Raises:
-        ValueError: a missing folder, more names than folders, a name used twice, or a non-positive limit.
+        ArgumentError (a ValueError): a missing folder, more names than folders, a name used twice, or a non-positive
+            limit.
     """
+    from st_runtime.errors import ArgumentError
     from st_runtime.serve import BatchLimits, ModelConfig, ServeConfig
 
     if len(args.name) > len(args.folders):
-        raise ValueError(f"{len(args.name)} --name for {len(args.folders)} folders; give at most one per folder.")
+        raise ArgumentError(f"{len(args.name)} --name for {len(args.folders)} folders; give at most one per folder.")
     models = []
     for index, folder in enumerate(args.folders):
         path = Path(folder)
         if not (path / "st_runtime.json").is_file():
-            raise ValueError(f"{folder!r} is not a folder written by st-export (no st_runtime.json); export it "
-                             "first: st-export MODEL -o FOLDER.")
+            raise ArgumentError(f"{folder!r} is not a folder written by st-export (no st_runtime.json); export it "
+                                "first: st-export MODEL -o FOLDER.")
         name = args.name[index] if index < len(args.name) else path.resolve().name
         if any(m.name == name for m in models):
-            raise ValueError(f"Two models are named {name!r}; give each its own with --name.")
+            raise ArgumentError(f"Two models are named {name!r}; give each its own with --name.")
         models.append(ModelConfig(name, str(path.resolve()), args.variant))
     for flag in ("max_batch_tokens", "max_batch_requests", "max_queue", "max_client_batch_size", "max_request_bytes",
                  "workers"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
     for flag in ("threads", "max_input_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
     limits = BatchLimits(max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_requests,
                          max_queue=args.max_queue, max_input_tokens=args.max_input_tokens)
     return ServeConfig(models=tuple(models), threads=args.threads, limits=limits,
@@ -90,28 +92,29 @@ def config_from_args(args: argparse.Namespace) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server until SIGTERM or SIGINT; in-flight requests finish first, then exit 0."""
+    """Run the server until SIGTERM or SIGINT; in-flight requests finish first, then exit 0. A flag or folder that
+    cannot be served is one `st-serve: error:` line and exit 1, before anything listens."""
+    from st_runtime.errors import run_cli
+
     args = build_parser().parse_args(argv)
+    return run_cli("st-serve", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvicorn
+    import uvicorn
 
-        from st_runtime.serve.app import CONFIG_ENV, create_app
+    from st_runtime.serve.app import CONFIG_ENV, create_app
 
-        config = config_from_args(args)
-        uvicorn_args = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
-                        "timeout_graceful_shutdown": args.graceful_timeout}
-        if args.workers > 1:
-            os.environ[CONFIG_ENV] = config.to_json()  # type: ignore[attr-defined]
-            target: object = "st_runtime.serve.app:app_from_env"
-            uvicorn_args |= {"factory": True, "workers": args.workers}
-        else:
-            target = create_app(config)  # type: ignore[arg-type]  # loads the models: errors show before listening
-    except (ImportError, ValueError, OSError) as exc:
-        if os.environ.get("ST_RUNTIME_DEBUG") == "1":
-            raise
-        print(f"st-serve: error: {exc}", file=sys.stderr)
-        return 1
+    config = config_from_args(args)
+    uvicorn_args = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
+                    "timeout_graceful_shutdown": args.graceful_timeout}
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = config.to_json()  # type: ignore[attr-defined]
+        target: object = "st_runtime.serve.app:app_from_env"
+        uvicorn_args |= {"factory": True, "workers": args.workers}
+    else:
+        target = create_app(config)  # type: ignore[arg-type]  # loads the models: errors show before listening
     # uvicorn re-raises the signal that stopped it once it has shut down; a handler that only returns makes that a
     # clean exit (status 0) instead of death by SIGTERM.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,18 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from st_runtime.cross_encoder import CrossEncoder
 from st_runtime.errors import ManifestError
+from st_runtime.kinds import model_class
 from st_runtime.manifest import folder_file, load_manifest
-from st_runtime.sentence_transformer import SentenceTransformer
 from st_runtime.serve.batcher import Batcher, BatchLimits, RequestTooLargeError
-from st_runtime.sparse_encoder import SparseEncoder
 
-MODEL_CLASSES: dict[str, type] = {
-    "sentence-embedding": SentenceTransformer,
-    "text-ranking": CrossEncoder,
-    "sparse-embedding": SparseEncoder,
-}
+SERVED_TASKS = ("sentence-embedding", "text-ranking", "sparse-embedding")  # classes: st_runtime.kinds
 
 # Batch keys: ("embed" | "sparse", prompt text, route task) and ("pairs", prompt text, raw scores).
 Key = tuple[str, str, Any]
@@ -45,11 +39,11 @@ class ServedModel:
     def __init__(self, name: str, folder: str | Path, *, variant: str | None = None, threads: int | None = None,
                  limits: BatchLimits | None = None, on_batch: Any = None) -> None:
         manifest = load_manifest(folder)
-        if manifest.task not in MODEL_CLASSES:
+        if manifest.task not in SERVED_TASKS:
             raise ManifestError(f"{str(folder)!r} holds a {manifest.task!r} model; st-serve serves "
-                                f"{sorted(MODEL_CLASSES)}.")
+                                f"{sorted(SERVED_TASKS)}.")
         self.name, self.folder, self.task = name, Path(folder), manifest.task
-        self.model: Any = MODEL_CLASSES[manifest.task](folder, variant=variant, intra_op_num_threads=threads)
+        self.model: Any = model_class(manifest.task)(folder, variant=variant, intra_op_num_threads=threads)
         self.manifest = self.model.manifest
         self._raw_tokenizer: Any = None
         self._raw_lock = threading.Lock()
