@@ -28,6 +28,7 @@ from st_runtime.base import (
     tokenized_batches,
 )
 from st_runtime.errors import InvalidInputError, ManifestError
+from st_runtime.similarity import l2_normalize
 from st_runtime.tokenizer import Feeds, TextTokenizer
 
 EMPTY_DOCUMENT_SCORE = -1e9  # what sentence-transformers' maxsim gives a document without any scored token
@@ -141,10 +142,9 @@ class MultiVectorEncoder(TruncateDim, TextEncoder):
             for row, i in enumerate(index):
                 kept = np.ascontiguousarray(tokens[row][scored[row]], dtype=np.float32)
                 if normalize_embeddings:
-                    kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+                    kept = l2_normalize(kept)
                 if dim is not None:  # as sentence-transformers: cut, then L2-normalize
-                    kept = np.ascontiguousarray(kept[:, :dim])
-                    kept /= np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)
+                    kept = l2_normalize(kept[:, :dim])
                 results[i] = kept
         return results[0] if single else results
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from st_runtime.base import TextEncoder, TruncateDim, check_texts, check_truncate_dim, tokenized_batches
 from st_runtime.quantization import PRECISIONS, Precision, quantize_embeddings
-from st_runtime.similarity import similarity_functions
+from st_runtime.similarity import l2_normalize, similarity_functions
 
 OutputValue = Literal["sentence_embedding", "token_embeddings"]
 
@@ -162,7 +162,7 @@ class SentenceTransformer(TruncateDim, TextEncoder):
         if truncate_dim is not None:
             sentence = sentence[:, :truncate_dim]
         if normalize_embeddings:
-            sentence = sentence / np.maximum(np.linalg.norm(sentence, axis=1, keepdims=True), 1e-12)
+            sentence = l2_normalize(sentence)
         if precision != "float32" and len(sentence):
             sentence = quantize_embeddings(sentence, precision)
         if single:

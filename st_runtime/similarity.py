@@ -29,13 +29,14 @@ def _as_2d(a: Array | list) -> Array:
     return a[None, :] if a.ndim == 1 else a
 
 
-def _normalize(a: Array) -> Array:
+def l2_normalize(a: Array) -> Array:
+    """Rows (the last axis) scaled to unit L2 norm; a zero row stays zero (norms are floored at 1e-12)."""
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
 def cos_sim(a: Array, b: Array) -> Array:
     """res[i, j] = cosine(a[i], b[j])."""
-    return _normalize(_as_2d(a)) @ _normalize(_as_2d(b)).T
+    return l2_normalize(_as_2d(a)) @ l2_normalize(_as_2d(b)).T
 
 
 def dot_score(a: Array, b: Array) -> Array:
@@ -57,7 +58,7 @@ def manhattan_sim(a: Array, b: Array) -> Array:
 
 def pairwise_cos_sim(a: Array, b: Array) -> Array:
     """res[i] = cosine(a[i], b[i]); 1-D inputs give a 0-d result, as in sentence-transformers."""
-    return (_normalize(_as_float(a)) * _normalize(_as_float(b))).sum(-1)
+    return (l2_normalize(_as_float(a)) * l2_normalize(_as_float(b))).sum(-1)
 
 
 def pairwise_dot_score(a: Array, b: Array) -> Array:

@@ -27,10 +27,10 @@ from st_runtime.base import check_positive_int
 from st_runtime.quantization import quantize_embeddings
 from st_runtime.similarity import (
     _as_2d,
-    _normalize,
     cos_sim,
     dot_score,
     euclidean_sim,
+    l2_normalize,
     manhattan_sim,
     pairwise_cos_sim,
     pairwise_dot_score,
@@ -92,11 +92,11 @@ def semantic_search(
     for corpus_start in range(0, len(corpus), corpus_chunk_size):
         corpus_chunk = corpus[corpus_start : corpus_start + corpus_chunk_size]
         if normalize:
-            corpus_chunk = _normalize(corpus_chunk)
+            corpus_chunk = l2_normalize(corpus_chunk)
         for query_start in range(0, len(queries), query_chunk_size):
             query_chunk = queries[query_start : query_start + query_chunk_size]
             if normalize:
-                scores = dot_score(_normalize(query_chunk), corpus_chunk)
+                scores = dot_score(l2_normalize(query_chunk), corpus_chunk)
             else:
                 scores = np.asarray(score_function(query_chunk, corpus_chunk))
             values, indices = _top_k(scores, top_k)
@@ -251,7 +251,7 @@ def community_detection(
     if n < min_community_size:
         return []
     threshold = np.float32(threshold)  # as torch.tensor(threshold): compared in float32 (float64 for float64 input)
-    embeddings = _normalize(embeddings)
+    embeddings = l2_normalize(embeddings)
     from tqdm.auto import tqdm
 
     candidates: list[tuple[int, np.ndarray]] = []  # (center, members by decreasing similarity)

@@ -36,6 +36,7 @@ from st_runtime.serve import schemas
 from st_runtime.serve.batcher import BatchLimits, QueueFullError, RequestTooLargeError
 from st_runtime.serve.metrics import Metrics
 from st_runtime.serve.models import ServedModel
+from st_runtime.similarity import l2_normalize
 
 logger = logging.getLogger("st_runtime.serve")
 CONFIG_ENV = "ST_SERVE_CONFIG"  # the JSON ServeConfig handed to --workers processes
@@ -201,7 +202,7 @@ def _truncate_normalize(served: ServedModel, rows: list[np.ndarray], dimensions:
                            param=param)
         embeddings = embeddings[:, :dimensions]
     if normalize:
-        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        embeddings = l2_normalize(embeddings)
     return embeddings
 
 
