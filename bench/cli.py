@@ -28,20 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="st-bench",
-        description="Run every variant of an exported folder through st_runtime, and the sentence-transformers "
-        "peers a user would otherwise pick, on the same texts and threads, each row in a fresh process; print "
+        description="Run every variant of an exported folder through st_runtime, and the peers a user would "
+        "otherwise pick (sentence-transformers; for bi-encoders also a bare onnxruntime loop and fastembed on the "
+        "exported fp32 file), on the same texts and threads, each row in a fresh process; print "
         "throughput, latency, cold start, memory and accuracy, as ratios to sentence-transformers torch fp32.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("folder", type=Path, help="folder written by st-export")
     parser.add_argument("--source", type=Path,
-                        help="the sentence-transformers model folder it was exported from (enables the peer rows; "
+                        help="the sentence-transformers model folder it was exported from (enables the "
+                        "sentence-transformers rows; "
                         "torch fp32 becomes the 1.0 reference)")
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="variants to run (default: all in the manifest)")
     peers = parser.add_mutually_exclusive_group()
     peers.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS),
-                       help="sentence-transformers rows to run (default: all; each needs --source)")
+                       help="peer rows to run (default: all): the sentence-transformers ones need --source; floor "
+                       "(bare onnxruntime loop) and fastembed run a bi-encoder's exported fp32 file")
     peers.add_argument("--no-peers", action="store_true", help="run st_runtime rows only")
     parser.add_argument("--threads", type=int, help="threads for every engine (default: all cores of this process)")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -11,6 +11,7 @@ from typing import Any
 from st_runtime.metrics import SPARSE_TOP_K
 
 Getter = Callable[[dict[str, Any]], Any]
+ENGINE_COLORS = {"st_runtime": "tab:red", "ort-floor": "tab:green", "fastembed": "tab:green"}  # else sentence-transformers
 
 
 def _m(*keys: str) -> Getter:
@@ -188,7 +189,7 @@ def write_plot(document: dict[str, Any], path: Path) -> Path:
     x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1e-6
     placed: list[tuple[float, float]] = []
     for number, (row, x, y) in enumerate(points, 1):
-        color = "tab:red" if row["engine"] == "st_runtime" else "tab:blue"
+        color = ENGINE_COLORS.get(row["engine"], "tab:blue")
         ax.scatter([x], [y], s=40, color=color, zorder=3, label=f"{number}: {_label(row)}")
         # Points on top of each other (fp32 rows at cosine 1.0) get their numbers stacked, not overprinted.
         near = sum(abs(px - x) < 0.04 * x_span and abs(py - y) < 0.04 * y_span for px, py in placed)
@@ -197,7 +198,7 @@ def write_plot(document: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel(f"speed-up vs {document['reference']} (texts/s ratio)" if has_ratio else "texts/s")
     ax.set_ylabel(f"{accuracy_key} vs the reference")
     ax.set_title(f"{Path(document['folder']).name}: speed vs accuracy, {document['settings']['threads']} threads\n"
-                 "blue: sentence-transformers, red: st_runtime", fontsize=9)
+                 "blue: sentence-transformers, green: bare onnxruntime loop / fastembed, red: st_runtime", fontsize=9)
     ax.grid(True, alpha=0.3)
     if points:
         ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=7, frameon=False)

@@ -1,5 +1,6 @@
-"""Which rows a run has: the sentence-transformers peers (torch fp32, its own ONNX file and int8 file, OpenVINO) and
-every selected variant of the exported folder through st_runtime; and which of them is the 1.0 reference."""
+"""Which rows a run has: the sentence-transformers peers (torch fp32, its own ONNX file and int8 file, OpenVINO), for
+bi-encoders the other loaders of the exported fp32 file (a bare onnxruntime loop, fastembed), and every selected
+variant of the exported folder through st_runtime; and which of them is the 1.0 reference."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 from st_runtime.errors import ManifestError
 from st_runtime.manifest import Manifest, Variant
 
-PEERS = ("torch", "onnx", "onnx-int8", "openvino")
+ST_PEERS = ("torch", "onnx", "onnx-int8", "openvino")  # sentence-transformers on the --source model
+FILE_PEERS = ("floor", "fastembed")  # bi-encoders: what a user would run on the exported fp32 file instead of st_runtime
+PEERS = ST_PEERS + FILE_PEERS
 REFERENCE_TORCH = "st:torch"
 REFERENCE_FP32 = "st_runtime:fp32"
 
@@ -20,12 +23,12 @@ REFERENCE_FP32 = "st_runtime:fp32"
 class RowSpec:
     """One row: what runs, on which files, and what it is compared by."""
 
-    id: str  # stable key, used by --baseline: "st:torch", "st:onnx", "st:onnx:qint8_avx512_vnni", "st_runtime:fp32", ...
+    id: str  # stable key, used by --baseline: "st:torch", "st:onnx:qint8_avx512_vnni", "floor:fp32", "st_runtime:fp32", ...
     label: str
     engine: str  # bench.worker.ENGINES
     path: str = ""  # model folder the engine loads
     variant: str | None = None  # st_runtime: the manifest variant
-    file_name: str | None = None  # sentence-transformers backends: the file inside `path`
+    file_name: str | None = None  # sentence-transformers backends, floor, fastembed: the file inside `path`
     precision: str = "fp32"  # which peak the GFLOP/s are set against: fp32, bf16 or int8
     backend: str = "onnxruntime"  # what runs the graph: torch, onnxruntime, openvino
     weight_files: tuple[str, ...] = ()  # the files counted as the model's size
@@ -154,7 +157,7 @@ def peer_rows(source: Path | None, peers: tuple[str, ...], isa: str, task: str |
     needs = {"torch": ("torch", "sentence_transformers"), "onnx": ("sentence_transformers", "optimum.onnxruntime"),
              "onnx-int8": ("sentence_transformers", "optimum.onnxruntime"),
              "openvino": ("sentence_transformers", "optimum.intel")}
-    for peer in PEERS:
+    for peer in ST_PEERS:
         if peer not in peers:
             continue
         row = plans[peer]
@@ -178,6 +181,47 @@ def peer_rows(source: Path | None, peers: tuple[str, ...], isa: str, task: str |
             elif peer == "torch":
                 row = replace(row, path=str(source), weight_files=tuple(
                     str(p) for p in sorted(source.rglob("*")) if p.suffix in (".safetensors", ".bin", ".pt", ".pth")))
+        rows.append(row)
+    return rows
+
+
+FASTEMBED_HINT = ("pip install 'st-runtime[peers]'; fastembed requires huggingface-hub < 2, so sentence-transformers "
+                  "5.x: scripts/setup.sh --line st5")
+
+
+def mean_pooled_and_normalized(modules: tuple[dict[str, Any], ...]) -> bool:
+    """Whether the model is Transformer + Pooling (mean only) + Normalize: what the bare loop computes by hand."""
+    types = [m.get("type") for m in modules]
+    return types == ["Transformer", "Pooling", "Normalize"] and modules[1].get("config", {}).get("pooling_mode") in (
+        "mean", ["mean"])
+
+
+def file_peer_rows(folder: Path, manifest: Manifest, peers: tuple[str, ...]) -> list[RowSpec]:
+    """A bi-encoder's rows for the loaders a user would pick instead of st_runtime, on the folder's fp32 ONNX file:
+    "floor" (bench.floor: bare onnxruntime + tokenizers + numpy, the zero-overhead floor) and "fastembed" (a custom
+    model taking the graph's sentence_embedding). None for other tasks; a row that cannot give the model's embeddings
+    is skipped with the reason."""
+    if manifest.task != "sentence-embedding":
+        return []
+    fp32 = next((v for v in manifest.variants if v.name == "fp32" and v.file.endswith(".onnx")), None)
+    prompt = manifest.prompts.get(manifest.default_prompt_name or "", "")
+    plans = {"floor": RowSpec(id="floor:fp32", label="onnxruntime floor (fp32, bare loop)", engine="ort-floor"),
+             "fastembed": RowSpec(id="fastembed:fp32", label="fastembed (fp32, exported file)", engine="fastembed")}
+    rows = []
+    for peer in (p for p in FILE_PEERS if p in peers):
+        row = plans[peer]
+        if fp32 is None:
+            row = replace(row, skip="no fp32 ONNX graph in the folder")
+        elif manifest.routing is not None or prompt:
+            does = "routes its inputs (Router)" if manifest.routing else f"adds its prompt {manifest.default_prompt_name!r}"
+            row = replace(row, skip=f"the model {does}, which only st_runtime and sentence-transformers do")
+        elif peer == "floor" and not mean_pooled_and_normalized(manifest.modules):
+            row = replace(row, skip="the bare loop computes Transformer + mean Pooling + Normalize; this model is "
+                          + " + ".join(str(m.get("type")) for m in manifest.modules))
+        elif peer == "fastembed" and not found("fastembed"):
+            row = replace(row, skip=f"fastembed not installed ({FASTEMBED_HINT})")
+        else:
+            row = replace(row, path=str(folder), file_name=fp32.file, weight_files=variant_files(folder, fp32))
         rows.append(row)
     return rows
 

@@ -233,6 +233,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     selected = rows.select_variants(manifest, list(config.variants) if config.variants else None)
     plan = rows.peer_rows(Path(config.source) if config.source else None, tuple(config.peers), cpu["isa"],
                           task=manifest.task)
+    plan += rows.file_peer_rows(folder, manifest, tuple(config.peers))
     plan += rows.runtime_rows(folder, selected)
     reference_id = rows.choose_reference(plan)
     if reference_id == rows.REFERENCE_FP32 and reference_id not in {r.id for r in plan}:

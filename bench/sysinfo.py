@@ -13,7 +13,7 @@ from st_runtime import machine
 from st_runtime.machine import cpu_flags, cpuinfo, detect_isa
 
 PACKAGES = ("st-runtime", "numpy", "onnxruntime", "tokenizers", "openvino", "onnx", "torch", "transformers",
-            "sentence-transformers", "optimum", "optimum-onnx", "optimum-intel", "nncf")
+            "sentence-transformers", "optimum", "optimum-onnx", "optimum-intel", "nncf", "fastembed")
 # Flags that matter for inference kernels, reported in the result (the full list is long and machine noise).
 RELEVANT_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
                   "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "bf16",

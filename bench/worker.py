@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ENGINES = ("st-torch", "st-onnx", "st-openvino", "st_runtime")
+ENGINES = ("st-torch", "st-onnx", "st-openvino", "st_runtime", "ort-floor", "fastembed")
 LATENCY_WARMUP_CALLS = 5
 RANK_TOP_K = 10  # multi-vector encoders: the top of each `rank` over 100 documents that is compared
 
@@ -34,7 +34,8 @@ def load_engine(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
 
     st_runtime picks the class from the folder's manifest (st_runtime.load); sentence-transformers gets the class the
     parent named in the spec ("model_class", from st_runtime.kinds.TASK_CLASSES: importing st_runtime here would
-    count its imports in the torch engines' import time).
+    count its imports in the torch engines' import time). The bi-encoder peers on the folder's own fp32 file
+    ("ort-floor": bench.floor's bare onnxruntime loop; "fastembed": bench.fastembed_peer) import neither.
     """
     engine, threads = spec["engine"], int(spec["threads"])
     t0 = time.perf_counter()
@@ -43,6 +44,14 @@ def load_engine(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
 
         t1 = time.perf_counter()
         model = st_runtime.load(spec["path"], variant=spec["variant"], intra_op_num_threads=threads)
+        return model, {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
+    if engine in ("ort-floor", "fastembed"):  # bi-encoder peers on the folder's fp32 file ("file_name")
+        if engine == "ort-floor":
+            from bench.floor import BareLoop as peer_class
+        else:
+            from bench.fastembed_peer import FastembedModel as peer_class
+        t1 = time.perf_counter()
+        model = peer_class(spec["path"], spec["file_name"], threads)
         return model, {"import_s": t1 - t0, "load_s": time.perf_counter() - t1}
 
     import torch

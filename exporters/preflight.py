@@ -18,6 +18,11 @@ from exporters.errors import ModelLoadError, UnsupportedModelError
 # The only module classes a folder may name: sentence-transformers' own (old `sentence_transformers.models.X` and the
 # newer `sentence_transformers.base.modules...` / `sentence_transformer.modules` / `sparse_encoder.modules` paths).
 TRUSTED_PREFIX = "sentence_transformers."
+# PyLate module classes that sentence-transformers >= 6 itself loads as its own class, without importing pylate:
+# `_CLASS_REF_ALIASES` in sentence_transformers/multi_vector_encoder/model.py (private, absent on 5.x, hence mirrored),
+# applied by MultiVectorEncoder._load_module_class_from_ref to modules.json entries only. Any other `pylate.` class
+# is refused like any class from outside sentence-transformers; test_multi_vector.py checks this table against ST's.
+PYLATE_ALIASES = {"pylate.models.Dense.Dense": "sentence_transformers.base.modules.dense.Dense"}
 # Activation functions (Dense "activation_function", CrossEncoder "activation_fn") may name these packages only.
 TRUSTED_CALLABLE_PREFIXES = ("torch.", "sentence_transformers.")
 # Config keys that make transformers (or a pipeline) import code from the repository.
@@ -29,7 +34,9 @@ def check_source_folder(folder: str | Path) -> None:
     """Refuse a model folder that would run code of its own, or whose files are unreadable, before it is loaded.
 
     Checked: every module `type` in `modules.json` (and in each Router's route config) is a sentence-transformers
-    class; every module `path` stays inside the folder; no JSON file holds an `auto_map`, `custom_pipeline(s)` or
+    class (in `modules.json` also a PyLate class that sentence-transformers maps to its own, `PYLATE_ALIASES`: such a
+    folder loads only as a MultiVectorEncoder, see `exporters.source.model_type_of_folder`); every module `path`
+    stays inside the folder; no JSON file holds an `auto_map`, `custom_pipeline(s)` or
     `trust_remote_code: true`, or an activation function outside torch / sentence-transformers; every JSON file
     parses; every `*.safetensors` file is complete (header and data length).
 
@@ -48,7 +55,7 @@ def check_source_folder(folder: str | Path) -> None:
             if not isinstance(entry, dict) or "type" not in entry:
                 raise ModelLoadError(f"{modules_json} has an entry without a module type: {entry!r}.")
             path = _inside(folder, entry.get("path", ""), modules_json)
-            _check_module(folder, path, entry["type"], modules_json)
+            _check_module(folder, path, sentence_transformers_class(entry["type"]), modules_json)
     for path in sorted(folder.rglob("*.json")):
         if _hidden(path, folder) or not path.is_file():
             continue
@@ -56,6 +63,12 @@ def check_source_folder(folder: str | Path) -> None:
     for path in sorted(folder.rglob("*.safetensors")):
         if not _hidden(path, folder) and path.is_file():
             check_safetensors(path)
+
+
+def sentence_transformers_class(class_ref: Any) -> Any:
+    """The class sentence-transformers >= 6 loads for a modules.json `type`: a mapped PyLate name's
+    sentence-transformers class, anything else unchanged (still to be checked)."""
+    return PYLATE_ALIASES.get(class_ref, class_ref) if isinstance(class_ref, str) else class_ref
 
 
 def read_json(path: Path) -> Any:
@@ -110,7 +123,7 @@ def _check_module(folder: Path, path: Path, class_ref: Any, config_file: Path) -
         raise UnsupportedModelError(
             f"{config_file} names the module class {class_ref!r}, which is not part of sentence-transformers; "
             "st-export never imports code shipped with a model (nothing was imported). Only sentence-transformers' "
-            "own modules can be exported."
+            f"own modules can be exported{_pylate_hint(class_ref, config_file)}."
         )
     if class_ref.rsplit(".", 1)[-1] not in ("Router", "Asym"):
         return
@@ -124,6 +137,14 @@ def _check_module(folder: Path, path: Path, class_ref: Any, config_file: Path) -
     for module_id, route_type in types.items():
         _check_module(folder, _inside(folder, f"{path.relative_to(folder).as_posix()}/{module_id}", config),
                       route_type, config)
+
+
+def _pylate_hint(class_ref: Any, config_file: Path) -> str:
+    """For a refused `pylate.` class: which PyLate classes are accepted, and where."""
+    if not isinstance(class_ref, str) or not class_ref.startswith("pylate."):
+        return ""
+    where = "in modules.json" if config_file.name == "modules.json" else "in modules.json only, not in a Router"
+    return f", and of PyLate's, those sentence-transformers maps to its own ({', '.join(sorted(PYLATE_ALIASES))}) {where}"
 
 
 def _inside(folder: Path, relative: Any, config_file: Path) -> Path:

@@ -19,9 +19,16 @@ from torch import nn
 from exporters import router
 from exporters.errors import ModelLoadError, UnsupportedModelError
 from exporters.kinds import KINDS, UNAVAILABLE, KindExporter, SourceModel
-from exporters.preflight import check_source_folder, read_json
+from exporters.preflight import PYLATE_ALIASES, check_source_folder, read_json
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Saved model_type values of other libraries that sentence-transformers >= 6 loads as one of its kinds: PyLate v3
+# writes "ColBERT" (MultiVectorEncoder._get_model_type maps it, and loads the folder's PyLate settings).
+LEGACY_MODEL_TYPES = {"ColBERT": "MultiVectorEncoder"}
+# The saved model_type a folder whose modules.json names a PyLate class may have: PyLate before v3 wrote none or
+# "SentenceTransformer" (MultiVectorEncoder converts those, keeping the PyLate settings); only a MultiVectorEncoder
+# maps PyLate classes to its own, any other class would import pylate.
+PYLATE_MODEL_TYPES = (None, "SentenceTransformer", "ColBERT", "MultiVectorEncoder")
 # The transformers task a kind's Transformer module must have (sentence-transformers' `transformer_task`);
 # kinds not listed take "feature-extraction".
 TRANSFORMER_TASKS = {"CrossEncoder": "sequence-classification", "SparseEncoder": "fill-mask"}
@@ -66,18 +73,22 @@ def _kind_of(model_type: str) -> KindExporter:
 
 def model_type_of_folder(folder: str | Path) -> str:
     """The sentence-transformers class a folder was saved from (config_sentence_transformers.json
-    "model_type"), else a guess from the transformers architecture, else SentenceTransformer. The one kind detection:
-    st-export loads the folder with that class, and the zoo compares it with a recipe's kind.
+    "model_type", a PyLate "ColBERT" read as MultiVectorEncoder), else a guess from the transformers architecture, else
+    SentenceTransformer; a folder whose modules.json names a PyLate class is a MultiVectorEncoder. The one kind
+    detection: st-export loads the folder with that class, and the zoo compares it with a recipe's kind.
 
     Raises:
         ModelLoadError: one of those JSON files is not a JSON object.
+        UnsupportedModelError: modules.json names a PyLate class but the saved model_type is another kind's.
     """
     path = Path(folder)
     st_config = path / "config_sentence_transformers.json"
-    if st_config.is_file():
-        model_type = _json_object(st_config).get("model_type")
-        if model_type:
-            return model_type
+    model_type = (_json_object(st_config).get("model_type") or None) if st_config.is_file() else None
+    pylate = pylate_module_types(path)
+    if pylate:
+        return _pylate_model_type(st_config, model_type, pylate)
+    if model_type:
+        return LEGACY_MODEL_TYPES.get(model_type, model_type)
     hf_config = path / "config.json"
     if hf_config.is_file() and not (path / "modules.json").is_file():
         architectures = _json_object(hf_config).get("architectures") or []
@@ -86,6 +97,31 @@ def model_type_of_folder(folder: str | Path) -> str:
         if any(a.endswith("ForMaskedLM") for a in architectures):
             return "SparseEncoder"
     return "SentenceTransformer"
+
+
+def pylate_module_types(folder: Path) -> list[str]:
+    """The PyLate classes (of `PYLATE_ALIASES`) that the folder's modules.json names, in order."""
+    modules_json = folder / "modules.json"
+    modules = read_json(modules_json) if modules_json.is_file() else []
+    if not isinstance(modules, list):
+        return []
+    return [m["type"] for m in modules if isinstance(m, dict) and isinstance(m.get("type"), str)
+            and m["type"] in PYLATE_ALIASES]
+
+
+def _pylate_model_type(st_config: Path, model_type: Any, pylate: list[str]) -> str:
+    """MultiVectorEncoder, the only class that loads a PyLate folder without importing pylate.
+
+    Raises:
+        UnsupportedModelError: the saved model_type is another kind's.
+    """
+    if model_type not in PYLATE_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"modules.json names PyLate's {', '.join(sorted(set(pylate)))}, which only a MultiVectorEncoder loads as "
+            f"sentence-transformers' own class, but {st_config} says model_type {model_type!r}; st-export exports "
+            "such a folder only as a MultiVectorEncoder (nothing was imported)."
+        )
+    return "MultiVectorEncoder"
 
 
 def _json_object(path: Path) -> dict[str, Any]:

@@ -26,6 +26,13 @@ if os.environ.get("ST_RUNTIME_REQUIRE_PEERS") == "1" and not HAS_ST_BACKEND:
 requires_st_backend = pytest.mark.skipif(
     not HAS_ST_BACKEND, reason="sentence-transformers' ONNX/OpenVINO backends need optimum, which installs only on the "
                                "sentence-transformers 5 line (scripts/setup.sh --line st5; CI runs it there)")
+# fastembed (st-bench's fastembed row) requires huggingface-hub < 2, so it too is in the peers extra of the 5 line only.
+HAS_FASTEMBED = importlib.util.find_spec("fastembed") is not None
+if os.environ.get("ST_RUNTIME_REQUIRE_PEERS") == "1" and not HAS_FASTEMBED:
+    raise RuntimeError("ST_RUNTIME_REQUIRE_PEERS=1 but fastembed is not installed: run scripts/setup.sh --line st5.")
+requires_fastembed = pytest.mark.skipif(
+    not HAS_FASTEMBED, reason="fastembed requires huggingface-hub < 2: it installs on the sentence-transformers 5 line "
+                              "only (scripts/setup.sh --line st5; CI runs it there)")
 
 
 def assert_bi_encoder_parity(reference, folder: Path, texts: list[str], atol: float = FP32_ATOL, **kwargs) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import HAS_ST_BACKEND
+from helpers import FP32_ATOL, HAS_FASTEMBED, HAS_ST_BACKEND, requires_fastembed
 
 from bench import quality, regression, report, workloads
 from bench.cli import EXIT_REGRESSION
@@ -121,6 +121,23 @@ def tiny_source_and_folder(tmp_path_factory, tiny_transformers_dir, bert_vocab):
     export(model, root / "exported")
     quantize(root / "exported", [DynamicInt8()])
     return root / "source", root / "exported"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_profile_splits_one_encode_into_its_parts(tiny_source_and_folder, precision):
+    import st_runtime
+    from bench.profile import markdown, profile_variant
+
+    _, folder = tiny_source_and_folder
+    variant = next(v.name for v in st_runtime.load_manifest(folder).variants if v.precision == precision)
+    texts = [f"sentence number {i} " + "word " * (i % 13) for i in range(70)]
+    result = profile_variant(folder, variant, texts, threads=1, batch_size=16)
+    assert result["variant"] == variant and result["texts"] == 70 and result["batches"] == 5
+    assert 0 < result["tokenize_s"] < result["total_s"] and 0 < result["graph_s"] < result["total_s"]
+    assert result["rest_s"] == pytest.approx(result["total_s"] - result["tokenize_s"] - result["graph_s"])
+    assert result["tokens"] < result["padded_tokens"]
+    assert "MatMul" in "".join(result["ops"]) and all(seconds >= 0 for seconds in result["ops"].values())
+    assert f"### {variant}" in markdown(result) and "| graph runs |" in markdown(result)
 
 
 def test_flop_count_of_a_tiny_bert(tiny_source_and_folder):
@@ -308,6 +325,46 @@ def test_st_bench_end_to_end_on_a_tiny_model(tiny_source_and_folder, tmp_path):
 
     # the run is its own baseline: comparing it with itself passes the gate
     assert not regression.compare(document, copy.deepcopy(document)).failed()
+
+
+# the texts of a parity check: one past max_seq_length (48), mixed lengths so that batches pad and are sorted
+PEER_TEXTS = ["a", "The orchestra rewrote the summer festival before dawn. " * 3, "hello world", "word " * 200,
+              "What is the capital of France?"]
+
+
+@pytest.mark.parametrize("engine", ["ort-floor", pytest.param("fastembed", marks=requires_fastembed)])
+def test_file_peers_give_st_runtime_embeddings(tiny_source_and_folder, engine):
+    import st_runtime
+    from bench.worker import load_engine
+
+    _, folder = tiny_source_and_folder
+    model, times = load_engine({"engine": engine, "path": str(folder), "file_name": "onnx/model.onnx", "threads": 1})
+    assert times["import_s"] >= 0 and times["load_s"] > 0
+    expected = st_runtime.SentenceTransformer(folder).encode(PEER_TEXTS, batch_size=2, show_progress_bar=False)
+    actual = model.encode(PEER_TEXTS, batch_size=2, show_progress_bar=False)
+    assert actual.shape == expected.shape and actual.dtype == np.float32
+    assert float(np.abs(actual - expected).max()) <= FP32_ATOL
+
+
+def test_st_bench_runs_the_floor_and_fastembed_rows(tiny_source_and_folder):
+    _, folder = tiny_source_and_folder
+    document = run_bench(BenchConfig(folder=folder, variants=("fp32",), peers=("floor", "fastembed"), threads=1,
+                                     repeats=1, warmup=0, max_texts=24, latency_n=3, progress=False))
+    rows = {r["id"]: r for r in document["rows"]}
+    assert list(rows) == ["floor:fp32", "fastembed:fp32", "st_runtime:fp32"]
+    assert document["reference"] == "st_runtime:fp32"
+    assert rows["floor:fp32"]["label"] == "onnxruntime floor (fp32, bare loop)"
+    fastembed = rows["fastembed:fp32"]
+    assert fastembed["label"] == "fastembed (fp32, exported file)"
+    ran = ["floor:fp32"] + ["fastembed:fp32"] * HAS_FASTEMBED
+    for row_id in ran:
+        assert rows[row_id]["status"] == "ok", rows[row_id]["note"]
+        m = rows[row_id]["metrics"]
+        assert m["texts_per_s"] > 0 and m["speedup"] > 0 and m["latency_ms"]["calls"] == 3 and m["model_size_mb"] > 0
+        assert m["accuracy"]["min_cosine"] > 0.99999  # the same graph and tokens as the st_runtime fp32 reference
+    if not HAS_FASTEMBED:  # the newest line: one line says why the row is missing
+        assert fastembed["status"] == "skipped" and "fastembed not installed" in fastembed["note"]
+        assert "fastembed (fp32, exported file): skipped (fastembed not installed" in report.terminal_table(document)
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,16 @@ def test_cli_entry_point_runs_in_a_subprocess(tmp_path):
 
 
 def test_importing_exporters_without_torch_names_the_extra():
-    code = "import sys; sys.modules['torch'] = None\ntry:\n    import exporters\nexcept ImportError as e:\n    print(e)"
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    from exporters import export\nexcept ImportError as e:\n    print(e)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'st-runtime[export]'" in result.stdout, result.stdout + result.stderr
+
+
+def test_st_export_without_torch_says_so_in_one_line(tmp_path):
+    code = "import sys; sys.modules['torch'] = None\nfrom exporters.cli import main\nsys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "st-export: error: exporters needs the export extra (torch not installed): pip install 'st-runtime[export]'"]

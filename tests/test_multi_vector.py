@@ -1,6 +1,6 @@
 """MultiVectorEncoder (ColBERT / late interaction): tiny random-weight models exported and run by st_runtime against
 sentence-transformers in the same test (per-token vectors, kept rows, MaxSim scores), int8 variants, a process without
-torch, and the one-line refusal on the sentence-transformers 5 line."""
+torch, PyLate ColBERT folders, and the one-line refusal on the sentence-transformers 5 line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import importlib.util
 import json
 import re
 import string
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -326,6 +328,170 @@ def test_token_pooling_is_refused_by_name(tmp_path, bert_vocab):
     assert not (tmp_path / "out").exists()
 
 
+# PyLate ColBERT folders, as pylate.models.ColBERT.save writes them: name -> (tokens PyLate added to the tokenizer,
+# pad token, PyLate's keys of config_sentence_transformers.json, Dense layers (out_features, bias)).
+PYLATE_DENSE = "pylate.models.Dense.Dense"
+PYLATE_FOLDERS = {
+    "v3-colbert": (["[Q] ", "[D] "], "[MASK]",
+                   {"model_type": "ColBERT", "query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 12,
+                    "document_length": 20, "attend_to_expansion_tokens": False,
+                    "skiplist_words": list(string.punctuation), "do_query_expansion": True}, ((16, False),)),
+    # PyLate <= 3 default skiplist (punctuation, no key), a saved prompt after the prefix, attended expansion
+    "v3-attend-prompt": (["[Q] ", "[D] "], None,
+                         {"model_type": "ColBERT", "prompts": {"query": "search: ", "document": ""},
+                          "query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 10, "document_length": 24,
+                          "attend_to_expansion_tokens": True}, ((24, True), (8, False))),
+    # before PyLate v3: no model_type (sentence-transformers converts it), in-vocabulary prefixes, no expansion
+    "pre-v3": ([], None, {"query_prefix": "[unused0]", "document_prefix": "[unused1]", "query_length": 10,
+                          "document_length": 20, "do_query_expansion": False, "skiplist_words": [".", ","]},
+               ((16, False),)),
+}
+
+
+def build_pylate_folder(folder: Path, bert_vocab: Path, name: str, dense_type: str = PYLATE_DENSE) -> dict:
+    """Write a tiny ColBERT folder in PyLate's layout (torch, safetensors and transformers only, so on both lines): the
+    transformer and its tokenizer at the root (with the prefix tokens and pad token PyLate sets), token-level Dense
+    layers named `dense_type` whose configs predate module IO names, and PyLate's config_sentence_transformers.json.
+    Returns that config."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, BertModel
+
+    added, pad_token, pylate_config, dense = PYLATE_FOLDERS[name]
+    build_tiny_transformer(folder, bert_vocab)
+    if added or pad_token:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.add_tokens(added)  # as PyLate adds its prefixes, then resizes the embeddings
+        if pad_token:
+            tokenizer.pad_token = pad_token
+        assert len(tokenizer) == len(bert_vocab.read_text(encoding="utf-8").splitlines()) + len(added)
+        torch.manual_seed(3)
+        transformer = BertModel.from_pretrained(folder)
+        transformer.resize_token_embeddings(len(tokenizer))
+        transformer.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    width = 32
+    torch.manual_seed(2)
+    for idx, (out_features, bias) in enumerate(dense, start=1):
+        path = folder / f"{idx}_Dense"
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"in_features": width, "out_features": out_features, "bias": bias,
+                                                      "activation_function": "torch.nn.modules.linear.Identity"}))
+        weights = {"linear.weight": torch.randn(out_features, width) / width**0.5}
+        if bias:
+            weights["linear.bias"] = torch.randn(out_features) / 10
+        save_file(weights, str(path / "model.safetensors"))
+        modules.append({"idx": idx, "name": str(idx), "path": path.name, "type": dense_type})
+        width = out_features
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, "do_lower_case": False}))
+    config = {"__version__": {"sentence_transformers": "5.1.0", "transformers": "4.56.0", "pytorch": "2.8.0"},
+              "prompts": {"query": "", "document": ""}, "default_prompt_name": None, "similarity_fn_name": "MaxSim",
+              **pylate_config}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2))
+    return config
+
+
+@st6
+@pytest.mark.parametrize("name", list(PYLATE_FOLDERS))
+def test_pylate_folder_exports_with_parity(tmp_path, bert_vocab, name):
+    from sentence_transformers import MultiVectorEncoder
+
+    from exporters import export
+
+    config = build_pylate_folder(tmp_path / "pylate", bert_vocab, name)
+    reference = MultiVectorEncoder(str(tmp_path / "pylate"), device="cpu")
+    # sentence-transformers reads the folder as PyLate meant it: mask and normalization appended, the prefix one token
+    # ahead of the saved prompt, queries expanded to query_length, punctuation (or the saved words) skipped
+    dense_count = len(PYLATE_FOLDERS[name][3])
+    assert [type(m).__name__ for m in reference] == ["Transformer", *["Dense"] * dense_count, "MultiVectorMask",
+                                                     "Normalize"]
+    prefix = config["query_prefix"]
+    assert reference.prompts["query"] == prefix + config["prompts"]["query"]
+    assert len(reference.tokenizer.tokenize(prefix)) == 1
+    query_rows = {len(q) for q in reference.encode_query(QUERIES)}
+    if config.get("do_query_expansion", True):
+        assert query_rows == {config["query_length"]}
+    else:
+        assert len(query_rows) > 1
+    assert len(reference.encode_document("hello, world.")) == len(reference.encode_document("hello world"))
+
+    manifest = export(tmp_path / "pylate", tmp_path / "out")
+    assert manifest.source["model_type"] == "MultiVectorEncoder"
+    model = st_runtime.MultiVectorEncoder(tmp_path / "out")
+    assert (model.prompts["query"], model.prompts["document"]) == (reference.prompts["query"], reference.prompts["document"])
+    expected_q = reference.encode_query(QUERIES, batch_size=4, convert_to_numpy=True)
+    expected_d = reference.encode_document(TEXTS, batch_size=8, convert_to_numpy=True)
+    actual_q, actual_d = model.encode_query(QUERIES, batch_size=3), model.encode_document(TEXTS, batch_size=5)
+    assert_same_rows(expected_q, actual_q, QUERIES)
+    assert_same_rows(expected_d, actual_d, TEXTS)
+    np.testing.assert_allclose(model.similarity(actual_q, actual_d), reference.similarity(expected_q, expected_d).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+@st6
+def test_pylate_class_table_is_sentence_transformers_own():
+    from sentence_transformers.multi_vector_encoder import model
+
+    from exporters.preflight import PYLATE_ALIASES
+
+    assert model._CLASS_REF_ALIASES == PYLATE_ALIASES
+
+
+EVIL_PYLATE = 'import pathlib\npathlib.Path({marker!r}).write_text("pylate code from the model folder ran")\n'
+
+
+def test_unknown_pylate_module_is_refused_before_import(tmp_path, bert_vocab):
+    """A `pylate.` class that sentence-transformers does not map is refused by name before anything is imported: the
+    folder holds a `pylate` package that writes a marker when imported, and st-export runs inside it."""
+    folder = tmp_path / "pylate"
+    build_pylate_folder(folder, bert_vocab, "v3-colbert", dense_type="pylate.models.Evil.Evil")
+    marker = tmp_path / "MARKER"
+    for package in (folder / "pylate", folder / "pylate" / "models"):
+        package.mkdir()
+        (package / "__init__.py").write_text(EVIL_PYLATE.format(marker=str(marker)))
+    (folder / "pylate" / "models" / "Evil.py").write_text(EVIL_PYLATE.format(marker=str(marker)))
+    result = subprocess.run([sys.executable, "-m", "exporters.cli", str(folder), "-o", str(tmp_path / "out"), "-q"],
+                            capture_output=True, text=True, cwd=folder, timeout=300)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st-export: error: "), result.stderr
+    for named in ("'pylate.models.Evil.Evil'", "nothing was imported", PYLATE_DENSE):
+        assert named in lines[0]
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_pylate_names_are_mapped_in_modules_json_only_and_make_a_multi_vector_encoder(tmp_path):
+    from exporters.errors import UnsupportedModelError
+    from exporters.preflight import check_source_folder
+    from exporters.source import model_type_of_folder
+
+    def folder(name: str, types: list[str], model_type: str | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": "", "type": t}
+                                                       for i, t in enumerate(types)]))
+        if model_type is not None:
+            (path / "config_sentence_transformers.json").write_text(json.dumps({"model_type": model_type}))
+        return path
+
+    transformer = "sentence_transformers.models.Transformer"
+    for model_type in (None, "SentenceTransformer", "ColBERT", "MultiVectorEncoder"):
+        path = folder(f"pylate-{model_type}", [transformer, PYLATE_DENSE], model_type)
+        check_source_folder(path)
+        assert model_type_of_folder(path) == "MultiVectorEncoder"
+    assert model_type_of_folder(folder("colbert", [transformer], "ColBERT")) == "MultiVectorEncoder"
+    with pytest.raises(UnsupportedModelError, match="model_type 'CrossEncoder'"):
+        model_type_of_folder(folder("pylate-cross", [transformer, PYLATE_DENSE], "CrossEncoder"))
+    # a Router imports its route classes itself: there a PyLate name stays refused
+    router = folder("router", ["sentence_transformers.base.modules.router.Router"], "ColBERT")
+    (router / "router_config.json").write_text(json.dumps({"types": {"query_0_Dense": PYLATE_DENSE},
+                                                           "structure": {"query": ["query_0_Dense"]}}))
+    with pytest.raises(UnsupportedModelError, match="not in a Router"):
+        check_source_folder(router)
+
+
 CHILD = """
     import st_runtime
     model = st_runtime.MultiVectorEncoder(sys.argv[1])
@@ -346,14 +512,18 @@ def test_runs_where_torch_cannot_be_imported(exported):
 
 
 @pytest.mark.skipif(HAS_MULTI_VECTOR, reason="sentence-transformers >= 6 is installed: it exports this kind")
-def test_sentence_transformers_5_refuses_in_one_line(tmp_path, bert_vocab, capsys):
+@pytest.mark.parametrize("layout", ["sentence-transformers", *PYLATE_FOLDERS])
+def test_sentence_transformers_5_refuses_in_one_line(tmp_path, bert_vocab, capsys, layout):
     from exporters.cli import main
 
     source = tmp_path / "colbert"
-    build_tiny_transformer(source, bert_vocab)
-    (source / "config_sentence_transformers.json").write_text(json.dumps({"model_type": "MultiVectorEncoder"}))
-    (source / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
-                                                      "type": "sentence_transformers.base.modules.transformer.Transformer"}]))
+    if layout in PYLATE_FOLDERS:
+        build_pylate_folder(source, bert_vocab, layout)
+    else:
+        build_tiny_transformer(source, bert_vocab)
+        (source / "config_sentence_transformers.json").write_text(json.dumps({"model_type": "MultiVectorEncoder"}))
+        (source / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type":
+                                                          "sentence_transformers.base.modules.transformer.Transformer"}]))
     assert main([str(source), "-o", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1

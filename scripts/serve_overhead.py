@@ -1,0 +1,77 @@
+"""What st-serve adds to one request at concurrency 1, for docs/perf/serve.md: p50 of `POST /tokenize` (the HTTP round
+trip, routing, validation and a thread hop, no model), of `POST /v1/embeddings` with one short query, and of a direct
+`st_runtime` encode of the same query in this process.
+
+    st-serve /tmp/serve-minilm --port 18777 --threads 2 &
+    .venv/bin/python scripts/serve_overhead.py --port 18777 --folder /tmp/serve-minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.serve import QUERIES, Connection
+
+ROUNDS, WARMUP = 400, 30
+
+
+def p50_ms(times: list[float]) -> float:
+    return round(float(np.percentile(np.array(times) * 1e3, 50)), 3)
+
+
+async def endpoint_p50(port: int, path: str, body: Callable[[str], dict[str, Any]]) -> float:
+    connection = Connection("127.0.0.1", port)
+    try:
+        for i in range(WARMUP):
+            await connection.post(path, body(QUERIES[i % len(QUERIES)]))
+        times = []
+        for i in range(ROUNDS):
+            start = time.perf_counter()
+            status, answer = await connection.post(path, body(QUERIES[i % len(QUERIES)]))
+            times.append(time.perf_counter() - start)
+            if status != 200:
+                raise RuntimeError(f"{path} answered {status}: {answer[:200]!r}")
+        return p50_ms(times)
+    finally:
+        connection.close()
+
+
+def direct_p50(folder: Path, threads: int) -> float:
+    import st_runtime
+
+    model = st_runtime.SentenceTransformer(folder, intra_op_num_threads=threads)
+    model.encode(QUERIES[:1])
+    times = []
+    for i in range(ROUNDS):
+        start = time.perf_counter()
+        model.encode([QUERIES[i % len(QUERIES)]])
+        times.append(time.perf_counter() - start)
+    return p50_ms(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--folder", type=Path, required=True, help="the folder st-serve serves (model name = its name)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    model = args.folder.name
+    result = {
+        "tokenize_p50_ms": asyncio.run(endpoint_p50(args.port, "/tokenize", lambda t: {"inputs": t})),
+        "embeddings_p50_ms": asyncio.run(endpoint_p50(args.port, "/v1/embeddings",
+                                                      lambda t: {"model": model, "input": [t]})),
+        "direct_encode_p50_ms": direct_p50(args.folder, args.threads),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
