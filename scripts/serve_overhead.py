@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.serve import QUERIES, Connection
+from bench.serve import QUERIES, Connection, direct_latency
 
 ROUNDS, WARMUP = 400, 30
 
@@ -44,19 +44,6 @@ async def endpoint_p50(port: int, path: str, body: Callable[[str], dict[str, Any
         connection.close()
 
 
-def direct_p50(folder: Path, threads: int) -> float:
-    import st_runtime
-
-    model = st_runtime.SentenceTransformer(folder, intra_op_num_threads=threads)
-    model.encode(QUERIES[:1])
-    times = []
-    for i in range(ROUNDS):
-        start = time.perf_counter()
-        model.encode([QUERIES[i % len(QUERIES)]])
-        times.append(time.perf_counter() - start)
-    return p50_ms(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
@@ -68,7 +55,7 @@ def main() -> None:
         "tokenize_p50_ms": asyncio.run(endpoint_p50(args.port, "/tokenize", lambda t: {"inputs": t})),
         "embeddings_p50_ms": asyncio.run(endpoint_p50(args.port, "/v1/embeddings",
                                                       lambda t: {"model": model, "input": [t]})),
-        "direct_encode_p50_ms": direct_p50(args.folder, args.threads),
+        "direct_encode_p50_ms": direct_latency(str(args.folder), args.threads, QUERIES, ROUNDS),
     }
     print(json.dumps(result))
 

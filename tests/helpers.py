@@ -20,19 +20,22 @@ FP32_ATOL = 1e-5
 # sentence-transformers' own backend="onnx" / "openvino" need optimum-onnx / optimum-intel, which cap transformers
 # below 4.58 / 5.6: they install on the sentence-transformers 5 line only (scripts/setup.sh --line st5). CI runs that
 # line with ST_RUNTIME_REQUIRE_PEERS=1, where their absence is an error instead of a skip.
-HAS_ST_BACKEND = importlib.util.find_spec("optimum") is not None
-if os.environ.get("ST_RUNTIME_REQUIRE_PEERS") == "1" and not HAS_ST_BACKEND:
-    raise RuntimeError("ST_RUNTIME_REQUIRE_PEERS=1 but optimum is not installed: run scripts/setup.sh --line st5.")
-requires_st_backend = pytest.mark.skipif(
-    not HAS_ST_BACKEND, reason="sentence-transformers' ONNX/OpenVINO backends need optimum, which installs only on the "
-                               "sentence-transformers 5 line (scripts/setup.sh --line st5; CI runs it there)")
+
+
+def _peer(module: str, what: str, why: str) -> tuple[bool, pytest.MarkDecorator]:
+    """(installed, skip marker) for a peer package of the 5 line's `peers` extra; with ST_RUNTIME_REQUIRE_PEERS=1 its
+    absence is an error at import, never a skip."""
+    installed = importlib.util.find_spec(module) is not None
+    if os.environ.get("ST_RUNTIME_REQUIRE_PEERS") == "1" and not installed:
+        raise RuntimeError(f"ST_RUNTIME_REQUIRE_PEERS=1 but {module} is not installed: run scripts/setup.sh --line st5.")
+    return installed, pytest.mark.skipif(not installed, reason=f"{what} {why}: it installs on the sentence-transformers "
+                                                                "5 line only (scripts/setup.sh --line st5; CI runs it there)")
+
+
+HAS_ST_BACKEND, requires_st_backend = _peer("optimum", "sentence-transformers' ONNX/OpenVINO backends",
+                                            "need optimum, which caps transformers")
 # fastembed (st-bench's fastembed row) requires huggingface-hub < 2, so it too is in the peers extra of the 5 line only.
-HAS_FASTEMBED = importlib.util.find_spec("fastembed") is not None
-if os.environ.get("ST_RUNTIME_REQUIRE_PEERS") == "1" and not HAS_FASTEMBED:
-    raise RuntimeError("ST_RUNTIME_REQUIRE_PEERS=1 but fastembed is not installed: run scripts/setup.sh --line st5.")
-requires_fastembed = pytest.mark.skipif(
-    not HAS_FASTEMBED, reason="fastembed requires huggingface-hub < 2: it installs on the sentence-transformers 5 line "
-                              "only (scripts/setup.sh --line st5; CI runs it there)")
+HAS_FASTEMBED, requires_fastembed = _peer("fastembed", "fastembed", "requires huggingface-hub < 2")
 
 
 def assert_bi_encoder_parity(reference, folder: Path, texts: list[str], atol: float = FP32_ATOL, **kwargs) -> float:
