@@ -40,20 +40,20 @@ class Timed:
 
 def split_encode(model: Any, texts: list[str], batch_size: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Seconds of one encode split into tokenize / graph / rest, and the feeds the graph ran on."""
-    tokenize, run = Timed(model.tokenizer.encode), Timed(model.backend.run)
+    tokenize, run = Timed(model.tokenizer.tokenize), Timed(model.backend.run)
     feeds: list[dict[str, Any]] = []
 
     def recording_run(outputs: list[str], batch: dict[str, Any]) -> Any:
         feeds.append(batch)
         return run(outputs, batch)
 
-    model.tokenizer.encode, model.backend.run = tokenize, recording_run
+    model.tokenizer.tokenize, model.backend.run = tokenize, recording_run
     try:
         start = time.perf_counter()
         model.encode(texts, batch_size=batch_size)
         total = time.perf_counter() - start
     finally:
-        del model.tokenizer.encode, model.backend.run  # back to the class's methods
+        del model.tokenizer.tokenize, model.backend.run  # back to the class's methods
     return {"total_s": total, "tokenize_s": tokenize.seconds, "graph_s": run.seconds,
             "rest_s": total - tokenize.seconds - run.seconds, "batches": run.calls}, feeds
 

@@ -20,7 +20,16 @@ from torch import Tensor, nn
 import st_runtime
 from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
 from exporters.errors import UnsupportedModelError
-from exporters.graphs import BATCH_AXES, EXAMPLE_TEXTS, ONNX_FILE, PROMPT_LENGTH, SEQUENCE_AXES, dynamic_axes, export_graph
+from exporters.graphs import (
+    BATCH_AXES,
+    EXAMPLE_TEXTS,
+    ONNX_FILE,
+    PROMPT_LENGTH,
+    SEQUENCE_AXES,
+    dynamic_axes,
+    export_graph,
+    padding_changes_output,
+)
 from exporters.kinds import ExportOptions, KindExporter, SourceModel, WrittenModel, register
 from exporters.parity import PROBE_TEXTS, max_abs_and_min_cosine, parity_gate, parity_runs
 from exporters.router import find_router, write_routed
@@ -174,6 +183,8 @@ def write_pipeline(
     graph = BiEncoderGraph(stages, list(inputs), outputs).eval()
     with torch.no_grad():
         dimension = graph(*inputs.values())[outputs.index("sentence_embedding")].shape[-1]
+    if padding_changes_output(graph, inputs, outputs.index("sentence_embedding")):
+        tokenizer = dataclasses.replace(tokenizer, padding_sensitive=True)
     variants = export_graph(graph, inputs, staging, graph_file, options, axes=axes, optional_inputs=optional)
     return Route(inputs=tuple(inputs), outputs=tuple(name for name in outputs if name != "last_hidden_state"),
                  tokenizer=tokenizer, variants=variants, embedding_dimension=int(dimension))

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from exporters.kinds import ExportOptions
@@ -24,6 +25,17 @@ BATCH_AXES = {0: "batch_size"}  # one row per text (or pair)
 # Two texts of different lengths, so the traced graph has padding and a real attention mask.
 EXAMPLE_TEXTS = ["a short text", "a somewhat longer text for tracing the graph"]
 PROMPT_LENGTH = "prompt_length"  # optional input of a bi-encoder whose Pooling excludes the prompt
+
+
+def padding_changes_output(graph: nn.Module, inputs: dict[str, Tensor], output: int) -> bool:
+    """Whether the first example text's `output` differs when it is padded to its batch mate's length (as in a batch)
+    from when it runs alone: true for a CNN that reads the padding positions, false wherever the mask hides them."""
+    mask = inputs["attention_mask"]
+    kept = mask[0].nonzero().flatten()
+    alone = {name: t[:1, kept] if t.shape == mask.shape else t for name, t in inputs.items()}
+    with torch.no_grad():
+        padded, single = graph(*inputs.values())[output][0], graph(*alone.values())[output][0]
+    return padded.shape != single.shape or not torch.allclose(padded, single, rtol=1e-4, atol=1e-5)
 
 
 def dynamic_axes(inputs: Iterable[str], outputs: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:

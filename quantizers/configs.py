@@ -97,11 +97,11 @@ class Optimize(OnnxPass):
         """
         from quantizers import onnx_passes
 
-        model_type = onnx_passes.fusion_model_type(job.folder)
-        fusions = onnx_passes.optimize(job.src, job.dst, self, model_type)
+        target = onnx_passes.fusion_target(job.folder)
+        fusions = onnx_passes.optimize(job.src, job.dst, self, target)
         if self.level != "O1" and not fusions:
             raise QuantizationError(
-                f"{self.level} fused nothing in this graph: onnxruntime's {model_type!r} optimizer found no attention, "
+                f"{self.level} fused nothing in this graph: onnxruntime's {target.model_type!r} optimizer found no attention, "
                 "layer-norm or GELU pattern, so the variant would only be a copy of the fp32 graph. Nothing was "
                 "written; use O1 (basic graph optimizations) for this model, or no optimization."
             )

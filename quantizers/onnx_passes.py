@@ -4,9 +4,13 @@ structure return what they did (fusions, quantized nodes), which the manifest ke
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +30,27 @@ _CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": 
 _FUSION_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2"}
 
 
-def fusion_model_type(folder: Path) -> str:
-    """The onnxruntime optimizer family for the transformer in `folder` (encoder models all use "bert")."""
-    config = folder / "config.json"
-    model_type = json.loads(config.read_text()).get("model_type", "bert") if config.is_file() else "bert"
-    return "bert" if model_type in _FUSION_MODEL_TYPES else model_type
+@dataclass(frozen=True)
+class FusionTarget:
+    """What onnxruntime's transformer optimizer needs to know of the model in an exported folder."""
+
+    model_type: str = "bert"  # the optimizer family (encoder models all use "bert")
+    num_heads: int = 0  # 0: let the optimizer guess from the graph (it often cannot, and then fuses no Attention)
+    hidden_size: int = 0
 
 
-def optimize(src: Path, dst: Path, config: Optimize, model_type: str = "bert") -> dict[str, int]:
+def fusion_target(folder: Path) -> FusionTarget:
+    """The transformer's optimizer family, attention heads and hidden size, from the folder's config.json."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    model_type = config.get("model_type", "bert")
+    heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
+    known = isinstance(heads, int) and isinstance(hidden, int) and heads > 0 and hidden % heads == 0
+    return FusionTarget("bert" if model_type in _FUSION_MODEL_TYPES else model_type,
+                        heads if known else 0, hidden if known else 0)
+
+
+def optimize(src: Path, dst: Path, config: Optimize, target: FusionTarget = FusionTarget()) -> dict[str, int]:
     """Write `src` optimized at config.level to `dst`; returns the fusions: how many more nodes of each fused operator
     type (Attention, SkipLayerNormalization, BiasGelu, ...) the optimized graph has than `src` (empty for O1, and for
     a graph where nothing was fused)."""
@@ -46,15 +63,38 @@ def optimize(src: Path, dst: Path, config: Optimize, model_type: str = "bert") -
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    options = FusionOptions(model_type)
+    options = FusionOptions(target.model_type)
     options.enable_gelu_approximation = config.level in ("O3", "O4")
-    model = optimize_model(str(src), model_type=model_type, optimization_options=options, opt_level=0)
+    model = optimize_model(str(src), model_type=target.model_type, num_heads=target.num_heads,
+                           hidden_size=target.hidden_size, optimization_options=options, opt_level=0)
     if config.level == "O4":
         model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(dst))
     before = Counter(node.op_type for node in onnx.load(str(src), load_external_data=False).graph.node)
     after = model.get_fused_operator_statistics()  # counts of the fused operator types, some there already (LayerNorm)
     return {name: count - before[name] for name, count in sorted(after.items()) if count > before[name]}
+
+
+class _NoPreprocessingHint(logging.Filter):
+    """Drops onnxruntime's "Please consider to run pre-processing before quantization" (its shape inference step is
+    for CNNs; the graphs here are already inferred), which it logs on the root logger for every quantized model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    hint = _NoPreprocessingHint()
+    root = logging.getLogger()
+    handlers = [root, *root.handlers]
+    for item in handlers:
+        item.addFilter(hint)
+    try:
+        yield
+    finally:
+        for item in handlers:
+            item.removeFilter(hint)
 
 
 def fp16(src: Path, dst: Path) -> None:
@@ -76,15 +116,16 @@ def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> dict[str, int]:
 
     model = onnx.load(str(src))
     nodes = weight_nodes(model, DYNAMIC_OPS, skip_after_activation=config.float_ffn_output)
-    quantize_dynamic(
-        str(src), str(dst),
-        weight_type=QuantType.QUInt8 if config.weight_type == "quint8" else QuantType.QInt8,
-        per_channel=True,
-        reduce_range=config.reduce_range,
-        nodes_to_quantize=nodes,
-        op_types_to_quantize=DYNAMIC_OPS,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with _quiet_quantizer():
+        quantize_dynamic(
+            str(src), str(dst),
+            weight_type=QuantType.QUInt8 if config.weight_type == "quint8" else QuantType.QInt8,
+            per_channel=True,
+            reduce_range=config.reduce_range,
+            nodes_to_quantize=nodes,
+            op_types_to_quantize=DYNAMIC_OPS,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     report = {"quantized_nodes": len(nodes)}
     if config.float_ffn_output:  # their weights are still stored as int8
         quantized = onnx.load(str(dst))

@@ -19,6 +19,7 @@ OPENVINO_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16
 
 class Backend(Protocol):
     input_names: tuple[str, ...]
+    sequence_bucket: int  # batches are padded to a multiple of this many tokens (1: never; see routes.Graph.run)
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -27,6 +28,8 @@ class Backend(Protocol):
 
 class OnnxBackend:
     """An onnxruntime session; inputs with a default value (overridable initializers) count as inputs."""
+
+    sequence_bucket = 1  # onnxruntime runs any shape at no extra cost
 
     def __init__(self, path: Path, providers: Sequence[ProviderSpec] | str | None = None, *,
                  intra_op_num_threads: int | None = None, fallback_to_cpu: bool = False) -> None:
@@ -58,6 +61,10 @@ class OpenVinoBackend:
             AVX-512 BF16/AMX), "bf16" or "fp16".
     """
 
+    # OpenVINO's CPU plugin prepares its kernels for each new input shape (tens of ms with int8/AMX, the batch-1 p99
+    # of st-bench): rounding the sequence length up to a multiple of 8 keeps the shapes few (docs/perf/minilm.md).
+    sequence_bucket = 8
+
     def __init__(self, path: Path, *, device: str = "CPU", inference_precision: str | None = None,
                  num_threads: int | None = None) -> None:
         try:
@@ -78,7 +85,12 @@ class OpenVinoBackend:
         if num_threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         try:
-            self.compiled = core.compile_model(core.read_model(str(path)), device, config)
+            model = core.read_model(str(path))
+            if precision == "bf16" and any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+                # OpenVINO 2026.4's fused attention (snippets) computes wrong results for an int8 IR run in bf16 at a
+                # sequence length of 32 (min cosine to fp32 0.64; docs/perf/profile-minilm.md): not fused, it is right.
+                config["SNIPPETS_MODE"] = "DISABLE"
+            self.compiled = core.compile_model(model, device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"OpenVINO could not load {path}: {exc}. Re-export the model.") from exc
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)

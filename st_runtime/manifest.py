@@ -57,6 +57,16 @@ class TokenizerSpec:
     pad_token_id: int = 0
     padding_side: str = "right"
     truncation_side: str = "right"
+    # True when a text's output depends on the padding its batch mates add (a CNN that reads padding positions): the
+    # runtime then forms sentence-transformers' batches exactly (see st_runtime.base.tokenized_batches).
+    padding_sensitive: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (`padding_sensitive` only when true, so other folders read as they always did)."""
+        data = asdict(self)
+        if not self.padding_sensitive:
+            del data["padding_sensitive"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,7 @@ class Routing:
 def _graph_dict(graph: Route | Manifest, data: dict[str, Any]) -> dict[str, Any]:
     """`data` (asdict of a route or manifest) with its variants and task_config in their JSON forms."""
     data["variants"] = [v.to_dict() for v in graph.variants]
+    data["tokenizer"] = graph.tokenizer.to_dict()
     data["task_config"] = graph.task_config.to_dict()
     return data
 

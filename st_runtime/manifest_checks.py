@@ -77,6 +77,7 @@ def bool_check() -> Check:
 TOKENIZER: dict[str, Check] = {
     "file": str_check(empty=False), "max_seq_length": int_check(1, none=True), "pad_token": str_check(),
     "pad_token_id": int_check(0), "padding_side": str_check(choices=SIDES), "truncation_side": str_check(choices=SIDES),
+    "padding_sensitive": bool_check(),
 }
 VARIANT: dict[str, Check] = {
     "name": str_check(empty=False), "file": str_check(empty=False), "precision": str_check(),

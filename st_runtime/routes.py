@@ -45,8 +45,27 @@ class Graph:
         return self.backend.input_names
 
     def run(self, feeds: Feeds, outputs: list[str]) -> list[np.ndarray]:
-        """Run the graph, feeding only the inputs it declares."""
-        return self.backend.run(outputs, {name: feeds[name] for name in self.backend.input_names if name in feeds})
+        """Run the graph, feeding only the inputs it declares.
+
+        For a backend with a `sequence_bucket` above 1 (OpenVINO), the batch is padded further to a multiple of it
+        (masked positions, which change no output of a graph that is not `padding_sensitive`) and the sequence axis
+        of the outputs is cut back, so that a few input shapes serve every batch.
+        """
+        feeds = {name: feeds[name] for name in self.backend.input_names if name in feeds}
+        spec, mask = self.tokenizer.spec, feeds.get("attention_mask")
+        if mask is None or mask.ndim != 2 or spec.padding_sensitive:
+            return self.backend.run(outputs, feeds)
+        length = mask.shape[1]
+        padded = -(-length // self.backend.sequence_bucket) * self.backend.sequence_bucket
+        if padded == length or (spec.max_seq_length is not None and padded > spec.max_seq_length):
+            return self.backend.run(outputs, feeds)
+        left = spec.padding_side == "left"
+        width = ((0, 0), (padded - length, 0) if left else (0, padded - length))
+        feeds = {name: np.pad(value, width, constant_values=spec.pad_token_id if name == "input_ids" else 0)
+                 if value.shape == mask.shape else value for name, value in feeds.items()}
+        cut = slice(padded - length, padded) if left else slice(0, length)
+        return [out[:, cut] if out.ndim >= 3 and out.shape[1] == padded else out
+                for out in self.backend.run(outputs, feeds)]
 
 
 def open_graph(

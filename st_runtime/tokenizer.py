@@ -3,6 +3,8 @@ padding/truncation settings stored in tokenizer.json, which often differ from wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,32 @@ from st_runtime.long_texts import LongTextCutter
 from st_runtime.manifest import TokenizerSpec, folder_file
 
 Feeds = dict[str, np.ndarray]
+TOKENIZE_PIECE = 4096  # texts per tokenizers call in `TextTokenizer.tokenize`
+
+
+class TokenizedTexts:
+    """Texts tokenized once, without padding, to be cut into padded batches in any order. The ids of all texts are
+    kept in one flat int32 array (the type ids in one int8 array), so a large corpus costs 5 bytes per token."""
+
+    def __init__(self, ids: np.ndarray, type_ids: np.ndarray, lengths: np.ndarray, spec: TokenizerSpec) -> None:
+        self._ids, self._type_ids, self._spec = ids, type_ids, spec
+        self.lengths = lengths
+        self._starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else lengths
+
+    def batch(self, index: Sequence[int] | np.ndarray) -> Feeds:
+        """The texts at `index`, padded to the longest of them as the source model pads (int64 graph inputs)."""
+        width = int(self.lengths[index].max()) if len(index) else 0
+        ids = np.full((len(index), width), self._spec.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(index), width), dtype=np.int64)
+        type_ids = np.zeros((len(index), width), dtype=np.int64)
+        left = self._spec.padding_side == "left"
+        for row, i in enumerate(index):
+            start, length = int(self._starts[i]), int(self.lengths[i])
+            span = slice(width - length, width) if left else slice(0, length)
+            ids[row, span] = self._ids[start : start + length]
+            mask[row, span] = 1
+            type_ids[row, span] = self._type_ids[start : start + length]
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
 
 
 class TextTokenizer:
@@ -36,9 +64,6 @@ class TextTokenizer:
             self._tokenizer.enable_truncation(
                 max_length=spec.max_seq_length, strategy="longest_first", direction=spec.truncation_side
             )
-        self._tokenizer.enable_padding(
-            direction=spec.padding_side, pad_id=spec.pad_token_id, pad_token=spec.pad_token, pad_type_id=0
-        )
         self._prompt_lengths: dict[str, int] = {}
         self._cutter = LongTextCutter(self._tokenizer)  # long texts cut before tokenizing, same tokens
 
@@ -56,18 +81,24 @@ class TextTokenizer:
                                     direction=self.spec.truncation_side)
         self._tokenizer, self._prompt_lengths = tokenizer, {}
 
-    def encode(self, texts: list[str] | list[tuple[str, str]]) -> Feeds:
+    def encode(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> Feeds:
         """Tokenize a batch of texts (or text pairs) into int64 arrays of shape (batch, longest)."""
+        return self.tokenize(texts).batch(np.arange(len(texts)))
+
+    def tokenize(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> TokenizedTexts:
+        """Tokenize texts (or text pairs) without padding, in pieces so that only compact int32 ids stay in memory."""
         tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
         truncation = tokenizer.truncation
-        if truncation is not None and not truncation["stride"]:
-            texts = self._cutter.cut(texts, truncation["max_length"], truncation["direction"])
-        encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+        ids, type_ids, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int8)], [np.zeros(0, np.int64)]
+        for start in range(0, len(texts), TOKENIZE_PIECE):
+            piece = list(texts[start : start + TOKENIZE_PIECE])
+            if truncation is not None and not truncation["stride"]:
+                piece = self._cutter.cut(piece, truncation["max_length"], truncation["direction"])
+            encodings = tokenizer.encode_batch(piece, add_special_tokens=True)
+            ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32))
+            type_ids.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int8))
+            lengths.append(np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)))
+        return TokenizedTexts(np.concatenate(ids), np.concatenate(type_ids), np.concatenate(lengths), self.spec)
 
     def prompt_length(self, prompt: str) -> int:
         """Number of leading tokens a prompt occupies, as sentence-transformers counts them.

@@ -232,6 +232,7 @@ def test_cnn_including_its_dependence_on_batch_mates(tiny_transformers_dir, bert
                                                      max_seq_length=32), cnn, Pooling(24)], device="cpu")
     manifest = export(model, tmp_path / "out")
     assert manifest.embedding_dimension == 24
+    assert manifest.tokenizer.padding_sensitive == (not CNN_MASKS_PADDING)  # export found it by running the graph
     runtime = st_runtime.SentenceTransformer(tmp_path / "out")
     texts = sentences[:120]  # enough equal-length texts that a differently tie-broken sort forms other batches
     expected = {size: model.encode(texts, batch_size=size, show_progress_bar=False) for size in (7, 32)}

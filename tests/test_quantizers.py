@@ -54,6 +54,25 @@ def test_float_variants_stay_close_to_sentence_transformers(exported, sentences,
     assert np.abs(actual - expected).max() <= atol
 
 
+def test_openvino_pads_batches_to_few_shapes_and_cuts_outputs_back(exported, sentences):
+    """OpenVINO runs each batch padded to a multiple of 8 tokens (few input shapes to prepare kernels for); the
+    outputs are cut back, so each text's token embeddings keep its length and equal sentence-transformers'."""
+    model, folder = exported
+    quantize(folder, [variant_config("openvino")], heldout=sentences[:10])
+    runtime = st_runtime.SentenceTransformer(folder, variant="openvino")
+    backend = runtime.routes.graph(None).backend
+    shapes, run = [], backend.run
+    backend.run = lambda outputs, feeds: shapes.append(feeds["input_ids"].shape) or run(outputs, feeds)
+    texts = sentences[:12]
+    expected = model.encode(texts, output_value="token_embeddings", batch_size=4)
+    actual = runtime.encode(texts, output_value="token_embeddings", batch_size=4)
+    assert len(shapes) == 3 and all(width % 8 == 0 for _, width in shapes)
+    assert any(len(e) % 8 for e in expected)  # some batches were really padded further
+    for mine, theirs in zip(actual, expected, strict=True):
+        assert mine.shape == tuple(theirs.shape)
+        np.testing.assert_allclose(mine, theirs.numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("config", [variant_config("int8", isa=isa) for isa in ("arm64", "avx2", "avx512", "avx512_vnni")]
                          + [variant_config("int8-static", method=method, calibration_texts=CALIBRATION)
                             for method in ("minmax", "entropy", "percentile")]
@@ -159,6 +178,7 @@ def test_optimization_reports_its_fusions_in_the_manifest(exported, sentences):
     manifest = quantize(folder, ["O2"], heldout=sentences[:5])
     fusions = manifest.variant(name="O2").report["fusions"]
     assert fusions["SkipLayerNormalization"] > 0 and all(count > 0 for count in fusions.values())
+    assert fusions["Attention"] == 2  # one per layer: the heads and hidden size come from the folder's config.json
     assert st_runtime.load_manifest(folder).variant(name="O2").report == {"fusions": fusions}
 
 
@@ -261,3 +281,12 @@ def test_cli_variants_of_a_tiny_splade(mlm_dir, tmp_path, sentences):
         actual = st_runtime.SparseEncoder(tmp_path / "out", variant=variant.name).encode(
             sentences[:30], convert_to_sparse_tensor=False)
         assert top_k_overlap(expected, actual).mean() >= 0.8, variant.name
+
+
+def test_dynamic_int8_logs_no_preprocessing_hint(exported, sentences, caplog):
+    """onnxruntime's quantize_dynamic logs "Please consider to run pre-processing" on the root logger for every model;
+    st-export -q must print nothing, so the pass drops that line (and only it)."""
+    _, folder = exported
+    with caplog.at_level("INFO"):
+        quantize(folder, ["int8"], heldout=sentences[:5])
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]

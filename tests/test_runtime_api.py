@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,42 @@ def test_precision_matches_sentence_transformers_quantize(exported, sentences, p
     expected = st_quantize_embeddings(float_embeddings, precision=precision)
     assert actual.dtype == expected.dtype
     np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_tokenizer_pads_as_the_tokenizers_library(exported, sentences, side):
+    """TextTokenizer tokenizes without padding and pads itself: the batch equals tokenizers' own padded batch."""
+    from tokenizers import Tokenizer
+
+    from st_runtime.tokenizer import TextTokenizer
+
+    _, folder = exported
+    spec = dataclasses.replace(st_runtime.SentenceTransformer(folder).manifest.tokenizer, padding_side=side)
+    theirs = Tokenizer.from_file(str(folder / spec.file))
+    theirs.enable_padding(direction=side, pad_id=spec.pad_token_id, pad_token=spec.pad_token)
+    expected = theirs.encode_batch(sentences[:9])
+    feeds = TextTokenizer(folder, spec).encode(sentences[:9])
+    assert feeds["input_ids"].shape[1] > min(len(t) for t in sentences[:9]) // 10  # real, padded text
+    np.testing.assert_array_equal(feeds["input_ids"], [e.ids for e in expected])
+    np.testing.assert_array_equal(feeds["attention_mask"], [e.attention_mask for e in expected])
+    np.testing.assert_array_equal(feeds["token_type_ids"], [e.type_ids for e in expected])
+
+
+def test_batches_are_cut_by_token_count(exported, sentences):
+    """encode forms its batches by token count (sentence-transformers sorts by characters), so they pad less, and the
+    results equal sentence-transformers'."""
+    from st_runtime.base import length_sorted_batches, tokenized_batches
+
+    model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder)
+    tokenizer = runtime.routes.graph(None).tokenizer
+    texts = sentences[:96]
+    padded = sum(feeds["input_ids"].size for _, feeds in tokenized_batches(texts, tokenizer, 8, False))
+    by_characters = sum(tokenizer.encode([texts[i] for i in index])["input_ids"].size
+                        for index in length_sorted_batches([len(t) for t in texts], 8))
+    real = int(tokenizer.tokenize(texts).lengths.sum())
+    assert real <= padded < by_characters
+    np.testing.assert_allclose(runtime.encode(texts, batch_size=8), model.encode(texts, batch_size=8), atol=1e-5)
 
 
 def test_encode_query_and_document_use_prompts(exported, sentences):
