@@ -189,6 +189,18 @@ def timed_passes(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[li
     return seconds, result
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: Linux's VmHWM, which starts afresh at exec. (ru_maxrss keeps the RSS the
+    process had when it was forked from st-bench, so every row read at least the parent's size.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 * 1024)
+
+
 def latency_calls(call: Callable[[Any], Any], items: list[Any], repeats: int, warmup: int) -> list[list[float]]:
     """Seconds of one call per item, per repeat, after `warmup` untimed passes over the items (steady state: engines
     that prepare kernels per new input shape, as OpenVINO does, pay that in the warm-up as a server does once)."""
@@ -275,7 +287,7 @@ def run(spec: dict[str, Any], spawn_time: float) -> dict[str, Any]:
                                             list(workload.rerank), repeats, warmup)
     else:
         raise ValueError(f"Unknown task {task!r}.")
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result["peak_rss_mb"] = peak_rss_mb()
     result["torch_imported"] = "torch" in sys.modules
     return result
 

@@ -490,3 +490,16 @@ def test_run_bench_on_a_multi_vector_encoder(tiny_multi_vector, tmp_path):
     assert "st_runtime fp32" in (tmp_path / "r.md").read_text()
     report.write_plot(document, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_peak_rss_is_the_rows_own_not_st_bench_s():
+    """Linux keeps a forked child's ru_maxrss across exec, so a worker started by a large st-bench read at least the
+    parent's size; peak_rss_mb reads VmHWM, which starts afresh at exec."""
+    ballast = bytearray(300 * 1024 * 1024)
+    ballast[:: 4096] = b"\1" * len(ballast[:: 4096])  # resident, not just reserved
+    code = ("import resource; from bench.worker import peak_rss_mb; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak_rss_mb())")
+    inherited, own = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    assert inherited > 300 and own < 100, (inherited, own)
+    del ballast
