@@ -85,16 +85,12 @@ class _NoPreprocessingHint(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    hint = _NoPreprocessingHint()
-    root = logging.getLogger()
-    handlers = [root, *root.handlers]
-    for item in handlers:
-        item.addFilter(hint)
+    hint, root = _NoPreprocessingHint(), logging.getLogger()
+    root.addFilter(hint)  # the hint is logged on the root logger itself, whose own filters see it first
     try:
         yield
     finally:
-        for item in handlers:
-            item.removeFilter(hint)
+        root.removeFilter(hint)
 
 
 def fp16(src: Path, dst: Path) -> None:

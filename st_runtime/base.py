@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -303,20 +303,19 @@ def tokenized_batches(items: Sequence[Any], tokenizer: TextTokenizer, batch_size
     Raises:
         InvalidInputError (a ValueError): batch_size is not a positive int (on the first iteration, even for no items).
     """
+    feeds_of: Callable[[np.ndarray], Feeds]
     if tokenizer.spec.padding_sensitive:
         lengths = [len(item) if isinstance(item, str) else sum(len(text) for text in item) for item in items]
         batches = list(length_sorted_batches(lengths, batch_size))
-        with progress(len(batches), show_progress_bar) as bar:
-            for index in batches:
-                yield index, tokenizer.encode([items[i] for i in index])
-                bar.update(1)
-        return
-    check_positive_int(batch_size, "batch_size")
-    tokenized = tokenizer.tokenize(items)
-    batches = list(length_sorted_batches(tokenized.lengths, batch_size, stable=True))
+        feeds_of = lambda index: tokenizer.encode([items[i] for i in index])  # noqa: E731
+    else:
+        check_positive_int(batch_size, "batch_size")  # before tokenizing the whole input
+        tokenized = tokenizer.tokenize(items)
+        batches = list(length_sorted_batches(tokenized.lengths, batch_size, stable=True))
+        feeds_of = tokenized.batch
     with progress(len(batches), show_progress_bar) as bar:
         for index in batches:
-            yield index, tokenized.batch(index)
+            yield index, feeds_of(index)
             bar.update(1)
 
 
