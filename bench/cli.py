@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per row; the median is reported (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes before them (default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every row this many times, rows interleaved, each round in a fresh process; the "
+                             "repeats of all rounds make the median (default 1; raise it on a host whose speed drifts)")
     work = parser.add_argument_group("texts")
     work.add_argument("--corpus", type=Path, help="one text per line (default: gensim's Lee background corpus)")
     work.add_argument("--max-texts", type=int, help="use only the first N corpus texts (default: all; 2000 of the Lee corpus)")
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     baseline = _load_baseline(args.baseline) if args.baseline else None
     config = BenchConfig(folder=args.folder, source=args.source, variants=tuple(args.variants) if args.variants else None,
                          peers=() if args.no_peers else tuple(args.peers), threads=args.threads,
-                         batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, corpus=args.corpus,
+                         batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
+                         corpus=args.corpus,
                          max_texts=args.max_texts, latency_n=args.latency_n, rerank_queries=args.rerank_queries,
                          row_timeout=args.row_timeout, workdir=args.workdir,
                          progress=False if args.no_progress else None)

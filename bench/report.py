@@ -109,7 +109,8 @@ def _summary_lines(document: dict[str, Any]) -> list[str]:
         f"corpus: {w['corpus']}: {w['texts']} texts, {w['real_tokens']:,} real tokens (median {w['median_tokens']:.0f})"
         + (f", {w['pairs']} pairs" if w["pairs"] and document["task"] == "text-ranking" else ""),
         f"threads {s['threads']}, batch {s['batch_size']}, warm-up {s['warmup']} (latency: passes over its calls), "
-        f"median of {s['repeats']} repeats; "
+        f"median of {s['repeats']} repeats"
+        + (f" in each of {s['rounds']} rounds (rows interleaved)" if s.get("rounds", 1) > 1 else "") + "; "
         + (f"latency: {w['rerank_queries']} calls (one query x 100 documents each) per repeat"
            if document["task"] == "text-ranking" else f"latency: {s['latency_n']} calls per repeat"),
         f"CPU: {machine['model']}, {machine['physical_cores']} cores, {machine['mhz'] or '?'} MHz ({machine['clock_source']}), "

@@ -48,6 +48,7 @@ class BenchConfig:
     batch_size: int = 32
     repeats: int = 3
     warmup: int = 1
+    rounds: int = 1  # the whole plan this many times, rows interleaved (a host whose speed drifts treats all alike)
     corpus: Path | None = None
     max_texts: int | None = None
     latency_n: int = 100
@@ -108,6 +109,22 @@ def run_worker(spec: dict[str, Any], folder: Path, env: dict[str, str], timeout:
     if code != 0 or not (folder / "result.json").is_file():
         return {"error": f"worker exited with {code}: {_last_line(log)}"}
     return json.loads((folder / "result.json").read_text(encoding="utf-8"))
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's worker results of every round as one: the timed passes and latency calls of all rounds together,
+    the median cold start, the highest peak RSS; the rest (info, outputs) from the last round. A round that failed
+    fails the row."""
+    failed = next((run for run in runs if "error" in run), None)
+    if failed is not None or len(runs) == 1:
+        return failed or runs[0]
+    merged = dict(runs[-1])
+    for key in ("bulk_s", "query_bulk_s", "latency_s"):
+        if key in merged:
+            merged[key] = [value for run in runs for value in run[key]]
+    merged["timings"] = {key: float(np.median([run["timings"][key] for run in runs])) for key in runs[-1]["timings"]}
+    merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    return merged
 
 
 def prepare_peers(source: Path, task: str, isa: str, out: Path, env: dict[str, str], *, onnx: bool, openvino: bool,
@@ -221,8 +238,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
-    if config.repeats < 1 or config.warmup < 0 or config.batch_size < 1:
-        raise BenchError("--repeats and --batch-size must be >= 1 and --warmup >= 0.")
+    if config.repeats < 1 or config.rounds < 1 or config.warmup < 0 or config.batch_size < 1:
+        raise BenchError("--repeats, --rounds and --batch-size must be >= 1 and --warmup >= 0.")
     if config.source is not None and not Path(config.source).is_dir():
         raise BenchError(f"--source {str(config.source)!r} is not a folder; pass a local sentence-transformers model folder.")
     folder = Path(config.folder)
@@ -264,7 +281,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     try:
         runnable = [r for r in plan if r.skip is None]
         wants = {r.engine for r in runnable}
-        with tqdm(total=len(runnable) + ("st-onnx" in wants or "st-openvino" in wants), desc="st-bench", unit="row",
+        with tqdm(total=len(runnable) * config.rounds + ("st-onnx" in wants or "st-openvino" in wants), desc="st-bench",
+                  unit="row",
                   disable=None if config.progress is None else not config.progress, file=sys.stderr) as bar:
             if "st-onnx" in wants or "st-openvino" in wants:
                 bar.set_postfix_str("sentence-transformers exports its ONNX/OpenVINO files")
@@ -274,17 +292,22 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 plan = [rows.with_peer_files(r, prepared, workdir / "peers")
                         if r.skip is None and r.engine in ("st-onnx", "st-openvino") else r for r in plan]
                 bar.update(1)
-            for index, row in enumerate(plan):
-                if row.skip is not None:
-                    continue
-                spec = {"id": row.id, "engine": row.engine, "backend": row.backend, "task": manifest.task,
-                        "model_class": TASK_CLASSES[manifest.task], "path": row.path,
-                        "variant": row.variant, "file_name": row.file_name, "threads": threads,
-                        "batch_size": config.batch_size, "repeats": config.repeats, "warmup": config.warmup,
-                        "workload": str(workload_file)}
-                results[row.id] = run_worker(spec, workdir / f"row{index:02d}", env, config.row_timeout,
-                                             lambda s, rid=row.id: bar.set_postfix_str(f"{rid}: {s}"))
-                bar.update(1)
+            rounds: dict[str, list[dict[str, Any]]] = {}
+            for round_ in range(config.rounds):
+                order = list(enumerate(plan))
+                for index, row in order if round_ % 2 == 0 else reversed(order):  # odd rounds backwards: linear drift cancels
+                    if row.skip is not None:
+                        continue
+                    spec = {"id": row.id, "engine": row.engine, "backend": row.backend, "task": manifest.task,
+                            "model_class": TASK_CLASSES[manifest.task], "path": row.path,
+                            "variant": row.variant, "file_name": row.file_name, "threads": threads,
+                            "batch_size": config.batch_size, "repeats": config.repeats, "warmup": config.warmup,
+                            "workload": str(workload_file)}
+                    rounds.setdefault(row.id, []).append(
+                        run_worker(spec, workdir / f"row{index:02d}", env, config.row_timeout,
+                                   lambda s, rid=row.id: bar.set_postfix_str(f"{rid}: {s}")))
+                    bar.update(1)
+            results = {rid: merge_rounds(runs) for rid, runs in rounds.items()}
         document = _assemble(config, manifest, plan, results, workload, tokens, flops, peaks, reference_id, workdir,
                              threads, cpu, notes)
     finally:
@@ -341,7 +364,8 @@ def _assemble(config: BenchConfig, manifest: Manifest, plan: list[rows.RowSpec],
         "folder": str(config.folder), "source": str(config.source) if config.source else None,
         "task": manifest.task, "reference": reference_id, "headline_accuracy": quality.HEADLINE[manifest.task],
         "settings": {"threads": threads, "batch_size": config.batch_size, "repeats": config.repeats,
-                     "warmup": config.warmup, "latency_n": config.latency_n, "max_texts": config.max_texts},
+                     "rounds": config.rounds, "warmup": config.warmup, "latency_n": config.latency_n,
+                     "max_texts": config.max_texts},
         "workload": {"corpus": workload.corpus_name, "texts": len(workload.corpus), "pairs": len(workload.pairs),
                      "queries": len(workload.queries), "rerank_queries": len(workload.rerank),
                      "real_tokens": int(lengths.sum()),

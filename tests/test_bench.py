@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import FP32_ATOL, HAS_FASTEMBED, HAS_ST_BACKEND, requires_fastembed
 
-from bench import quality, regression, report, workloads
+from bench import quality, regression, report, runner, workloads
 from bench.cli import EXIT_REGRESSION
 from bench.cli import main as bench_main
 from bench.flops import count_graph_flops, token_weighted_length
@@ -414,6 +414,27 @@ def test_run_bench_on_rerankers_and_sparse_encoders(tiny_reranker_and_splade, ki
         assert -1 <= m["accuracy"].get("lee_spearman", 0) <= 1
     assert m["speedup"] == 1.0 and m["latency_ms"]["calls"] >= 1
     assert report.terminal_table(document)
+
+
+def test_rounds_run_every_row_again_and_pool_their_repeats(tiny_reranker_and_splade):
+    document = run_bench(BenchConfig(folder=tiny_reranker_and_splade[1], peers=(), threads=1, repeats=1, warmup=0,
+                                     max_texts=30, latency_n=3, rounds=2, progress=False))
+    row = next(r for r in document["rows"] if r["id"] == "st_runtime:fp32")
+    assert row["status"] == "ok", row["note"]
+    assert document["settings"]["rounds"] == 2
+    assert row["metrics"]["latency_ms"]["calls"] == 2 * document["workload"]["queries"]  # both rounds' calls
+    assert "in each of 2 rounds" in report.markdown(document)
+
+
+def test_merge_rounds():
+    first = {"bulk_s": [2.0], "latency_s": [[0.1, 0.2]], "timings": {"cold_start_s": 1.0}, "peak_rss_mb": 300.0,
+             "info": {"round": 1}}
+    second = {"bulk_s": [1.0], "latency_s": [[0.3]], "timings": {"cold_start_s": 3.0}, "peak_rss_mb": 200.0,
+              "info": {"round": 2}}
+    merged = runner.merge_rounds([first, second])
+    assert merged["bulk_s"] == [2.0, 1.0] and merged["latency_s"] == [[0.1, 0.2], [0.3]]
+    assert merged["timings"] == {"cold_start_s": 2.0} and merged["peak_rss_mb"] == 300.0 and merged["info"] == {"round": 2}
+    assert runner.merge_rounds([first, {"error": "worker exited with 1"}]) == {"error": "worker exited with 1"}
 
 
 def test_multi_vector_workload(tmp_path):
