@@ -110,6 +110,7 @@ def test_dynamic_int8_retries_with_feed_forward_outputs_in_float(exported, sente
 
     model, folder = exported
     monkeypatch.setattr(quantizers.api, "DYNAMIC_RETRY_BELOW", 1.01)  # force the retry on this tiny model
+    monkeypatch.setattr(quantizers.api, "DYNAMIC_RETRY_MIN_GAIN", -1e9)  # and keep it, whatever it gains
     manifest = quantize(folder, ["qint8_avx512_vnni"], heldout=sentences[:20])
     variant = manifest.variant(name="qint8_avx512_vnni")
     assert variant.accuracy["ffn_output_in_float"] == 1.0
@@ -118,6 +119,23 @@ def test_dynamic_int8_retries_with_feed_forward_outputs_in_float(exported, sente
     assert len(weight_only) == 2  # one feed-forward down-projection per layer, weights stored as int8
     embeddings = st_runtime.SentenceTransformer(folder, variant=variant.name).encode(sentences[:20])
     assert cosines(model.encode(sentences[:20]), embeddings).mean() >= 0.98
+
+
+def test_dynamic_int8_keeps_every_product_in_int8_when_the_retry_gains_little(exported, sentences, monkeypatch):
+    import onnx
+
+    import quantizers.api
+
+    _, folder = exported
+    monkeypatch.setattr(quantizers.api, "DYNAMIC_RETRY_BELOW", 1.01)  # force the retry on this tiny model
+    monkeypatch.setattr(quantizers.api, "DYNAMIC_RETRY_MIN_GAIN", 1.0)  # which cannot take away all the loss
+    manifest = quantize(folder, ["qint8_avx512_vnni"], heldout=sentences[:20])
+    variant = manifest.variant(name="qint8_avx512_vnni")
+    assert "ffn_output_in_float" not in variant.accuracy and "float_ffn_outputs" not in (variant.report or {})
+    graph = onnx.load(str(folder / variant.file))
+    assert not [n for n in graph.graph.node if n.name.endswith("_weight_dequantize")]  # the first file, not the retry's
+    assert variant.accuracy["score"] == pytest.approx(
+        quantizers.api.accuracy.measure(folder, manifest, variant, list(sentences[:20]))["score"], abs=1e-6)
 
 
 def test_openvino_bf16_shares_the_fp32_ir(exported, sentences):
