@@ -83,18 +83,20 @@ class Connection:
 
     async def post(self, path: str, payload: Any) -> tuple[int, bytes]:
         """POST JSON; a kept-alive connection the server closed meanwhile (idle timeout) is reopened once."""
-        body = json.dumps(payload).encode()
+        return await self.request("POST", path, json.dumps(payload).encode())
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         if self.writer is not None:
             try:
-                return await self._exchange(path, body)
+                return await self._exchange(method, path, body)
             except (asyncio.IncompleteReadError, ConnectionError):
                 self.close()
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        return await self._exchange(path, body)
+        return await self._exchange(method, path, body)
 
-    async def _exchange(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def _exchange(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         assert self.reader is not None and self.writer is not None
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])

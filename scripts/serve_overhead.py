@@ -1,6 +1,6 @@
-"""What st-serve adds to one request at concurrency 1, for docs/perf/serve.md: p50 of `POST /tokenize` (the HTTP round
-trip, routing, validation and a thread hop, no model), of `POST /v1/embeddings` with one short query, and of a direct
-`st_runtime` encode of the same query in this process.
+"""What st-serve adds to one request at concurrency 1, for docs/perf/serve.md: p50 of `GET /health` (the bare HTTP
+round trip through uvicorn and starlette), of `POST /tokenize` (plus validation and a thread hop, no model), of
+`POST /v1/embeddings` with one short query, and of a direct `st_runtime` encode of the same query in this process.
 
     st-serve /tmp/serve-minilm --port 18777 --threads 2 &
     .venv/bin/python scripts/serve_overhead.py --port 18777 --folder /tmp/serve-minilm
@@ -27,15 +27,21 @@ def p50_ms(times: list[float]) -> float:
     return round(float(np.percentile(np.array(times) * 1e3, 50)), 3)
 
 
-async def endpoint_p50(port: int, path: str, body: Callable[[str], dict[str, Any]]) -> float:
+async def endpoint_p50(port: int, path: str, body: Callable[[str], dict[str, Any]] | None) -> float:
+    """p50 ms of ROUNDS requests on one keep-alive connection: POST of body(query), or GET without a body."""
     connection = Connection("127.0.0.1", port)
+
+    def call(i: int) -> Any:
+        text = QUERIES[i % len(QUERIES)]
+        return connection.request("GET", path) if body is None else connection.post(path, body(text))
+
     try:
         for i in range(WARMUP):
-            await connection.post(path, body(QUERIES[i % len(QUERIES)]))
+            await call(i)
         times = []
         for i in range(ROUNDS):
             start = time.perf_counter()
-            status, answer = await connection.post(path, body(QUERIES[i % len(QUERIES)]))
+            status, answer = await call(i)
             times.append(time.perf_counter() - start)
             if status != 200:
                 raise RuntimeError(f"{path} answered {status}: {answer[:200]!r}")
@@ -52,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     model = args.folder.name
     result = {
+        "health_p50_ms": asyncio.run(endpoint_p50(args.port, "/health", None)),
         "tokenize_p50_ms": asyncio.run(endpoint_p50(args.port, "/tokenize", lambda t: {"inputs": t})),
         "embeddings_p50_ms": asyncio.run(endpoint_p50(args.port, "/v1/embeddings",
                                                       lambda t: {"model": model, "input": [t]})),
