@@ -277,13 +277,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     env = worker_env(threads)
     workload_file = workload.save(workdir / "workload.json")
-    results: dict[str, dict[str, Any]] = {}
+    runs_by_row: dict[str, list[dict[str, Any]]] = {}  # every round's worker result, per row id
     try:
         runnable = [r for r in plan if r.skip is None]
         wants = {r.engine for r in runnable}
         with tqdm(total=len(runnable) * config.rounds + ("st-onnx" in wants or "st-openvino" in wants), desc="st-bench",
-                  unit="row",
-                  disable=None if config.progress is None else not config.progress, file=sys.stderr) as bar:
+                  unit="row", disable=None if config.progress is None else not config.progress, file=sys.stderr) as bar:
             if "st-onnx" in wants or "st-openvino" in wants:
                 bar.set_postfix_str("sentence-transformers exports its ONNX/OpenVINO files")
                 prepared = prepare_peers(Path(config.source), manifest.task, cpu["isa"], workdir / "peers", env,
@@ -292,7 +291,6 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 plan = [rows.with_peer_files(r, prepared, workdir / "peers")
                         if r.skip is None and r.engine in ("st-onnx", "st-openvino") else r for r in plan]
                 bar.update(1)
-            rounds: dict[str, list[dict[str, Any]]] = {}
             for round_ in range(config.rounds):
                 order = list(enumerate(plan))
                 for index, row in order if round_ % 2 == 0 else reversed(order):  # odd rounds backwards: linear drift cancels
@@ -303,11 +301,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                             "variant": row.variant, "file_name": row.file_name, "threads": threads,
                             "batch_size": config.batch_size, "repeats": config.repeats, "warmup": config.warmup,
                             "workload": str(workload_file)}
-                    rounds.setdefault(row.id, []).append(
+                    runs_by_row.setdefault(row.id, []).append(
                         run_worker(spec, workdir / f"row{index:02d}", env, config.row_timeout,
                                    lambda s, rid=row.id: bar.set_postfix_str(f"{rid}: {s}")))
                     bar.update(1)
-            results = {rid: merge_rounds(runs) for rid, runs in rounds.items()}
+        results = {rid: merge_rounds(runs) for rid, runs in runs_by_row.items()}
         document = _assemble(config, manifest, plan, results, workload, tokens, flops, peaks, reference_id, workdir,
                              threads, cpu, notes)
     finally:
