@@ -1,10 +1,12 @@
-"""Where the time of an st_runtime `encode` goes, per variant of an exported bi-encoder:
+"""Where the time of an st_runtime `encode` (a cross-encoder: `predict`) goes, per variant of an exported folder:
 
-    python -m bench.profile FOLDER [--variant V ...] [--threads 2] [--texts 2000] [--batch-size 32] [--markdown]
+    python -m bench.profile FOLDER [--variant V ...] [--threads 2] [--texts 2000] [--rerank-queries 6]
+        [--batch-size 32] [--json OUT]
 
 One `encode` of the workload (st-bench's: Lee sentences when gensim's test data is installed, else the held-out
-texts) is split into tokenization, graph runs and the rest (Python: sorting, batching, copying results), measured
-by timing the model's own tokenizer and backend calls during that encode. The graph runs are then split by op type:
+texts; a cross-encoder: `predict` of st-bench's (query, document) pairs) is split into tokenization, graph runs and
+the rest (Python: sorting, batching, copying results), measured by timing the model's own tokenizer and backend
+calls during that call. The graph runs are then split by op type:
 onnxruntime's profiler on the same feeds, or OpenVINO's performance counters (PERF_COUNT) on the same feeds.
 """
 
@@ -38,8 +40,13 @@ class Timed:
             self.calls += 1
 
 
-def split_encode(model: Any, texts: list[str], batch_size: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Seconds of one encode split into tokenize / graph / rest, and the feeds the graph ran on."""
+def inference(model: Any) -> Any:
+    """The call st-bench times for the model's kind: `predict` for a cross-encoder, else `encode`."""
+    return model.predict if model.manifest.task == "text-ranking" else model.encode
+
+
+def split_encode(model: Any, items: list[Any], batch_size: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Seconds of one encode (predict) split into tokenize / graph / rest, and the feeds the graph ran on."""
     tokenize, run = Timed(model.tokenizer.tokenize), Timed(model.backend.run)
     feeds: list[dict[str, Any]] = []
 
@@ -50,7 +57,7 @@ def split_encode(model: Any, texts: list[str], batch_size: int) -> tuple[dict[st
     model.tokenizer.tokenize, model.backend.run = tokenize, recording_run
     try:
         start = time.perf_counter()
-        model.encode(texts, batch_size=batch_size)
+        inference(model)(items, batch_size=batch_size)
         total = time.perf_counter() - start
     finally:
         del model.tokenizer.tokenize, model.backend.run  # back to the class's methods
@@ -62,8 +69,9 @@ def onnx_op_times(path: Path, feeds: list[dict[str, Any]], threads: int) -> dict
     """Seconds per op type over the feeds, from onnxruntime's profiler (same session options as st_runtime's)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    from st_runtime.providers import session_options
+
+    options = session_options(threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="bench-profile-")) / "ort")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -97,28 +105,31 @@ def openvino_op_times(model: Any, feeds: list[dict[str, Any]], threads: int) -> 
     return dict(times)
 
 
-def profile_variant(folder: Path, variant: str | None, texts: list[str], threads: int, batch_size: int) -> dict[str, Any]:
+def profile_variant(folder: Path, variant: str | None, items: list[Any], threads: int, batch_size: int) -> dict[str, Any]:
+    """The split and the op times of one variant on `items` (texts; pairs for a cross-encoder)."""
     import st_runtime
 
-    model = st_runtime.SentenceTransformer(folder, variant=variant, intra_op_num_threads=threads)
-    model.encode(texts[: batch_size * 2], batch_size=batch_size)  # warm-up
-    split, feeds = split_encode(model, texts, batch_size)
+    model = st_runtime.load(folder, variant=variant, intra_op_num_threads=threads)
+    inference(model)(items[: batch_size * 2], batch_size=batch_size)  # warm-up
+    split, feeds = split_encode(model, items, batch_size)
     if model.variant.backend == "openvino":
         ops = openvino_op_times(model, feeds, threads)
     else:
         ops = onnx_op_times(model.folder / model.variant.file, feeds, threads)
     tokens = int(sum(int(f["attention_mask"].sum()) for f in feeds))
     padded = int(sum(f["attention_mask"].size for f in feeds))
-    return {"variant": model.variant.name, **split, "texts": len(texts), "tokens": tokens, "padded_tokens": padded,
-            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+    call, unit = ("predict", "pairs") if model.manifest.task == "text-ranking" else ("encode", "texts")
+    return {"variant": model.variant.name, "call": call, "unit": unit, **split, "texts": len(items), "tokens": tokens,
+            "padded_tokens": padded, "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 
 def markdown(result: dict[str, Any], top: int = 8) -> str:
     total = result["total_s"]
     share = lambda s: f"{s:.3f} s ({100 * s / total:.0f}%)"  # noqa: E731
     lines = [f"### {result['variant']}", "",
-             f"encode of {result['texts']} texts ({result['tokens']} tokens, {result['padded_tokens']} with padding) "
-             f"in {total:.3f} s = {result['texts'] / total:.0f} texts/s, {result['batches']} graph runs", "",
+             f"{result['call']} of {result['texts']} {result['unit']} ({result['tokens']} tokens, {result['padded_tokens']} "
+             f"with padding) in {total:.3f} s = {result['texts'] / total:.0f} {result['unit']}/s, {result['batches']} graph "
+             "runs", "",
              "| part | time |", "|---|---:|",
              f"| tokenization | {share(result['tokenize_s'])} |", f"| graph runs | {share(result['graph_s'])} |",
              f"| the rest (Python) | {share(result['rest_s'])} |", "",
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", help="variant name (repeatable; default: every variant)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--rerank-queries", type=int, default=6, help="cross-encoders: queries x 100 documents")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -144,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = st_runtime.load_manifest(args.folder)
     variants = args.variant or [v.name for v in manifest.variants]
-    texts = list(build_workload(manifest.task, max_texts=args.texts).corpus)
+    workload = build_workload(manifest.task, max_texts=args.texts, rerank_queries=args.rerank_queries)
+    items = workload.pairs if manifest.task == "text-ranking" else list(workload.corpus)
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['isa']}; {', '.join(cpu['flags'])}); threads {args.threads}; batch size {args.batch_size}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}\n")
     results = []
     for variant in variants:
-        results.append(profile_variant(args.folder, variant, texts, args.threads, args.batch_size))
+        results.append(profile_variant(args.folder, variant, items, args.threads, args.batch_size))
         print(markdown(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
