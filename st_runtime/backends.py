@@ -11,15 +11,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from st_runtime.errors import ModelFileError, ProviderError
+from st_runtime.machine import available_cores
 from st_runtime.providers import ProviderSpec, create_session
 
 OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 OPENVINO_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
 
 
+# onnxruntime on CPU runs a batch fastest when its activations stay in the cores' caches: batches of at most this
+# many padded tokens per intra-op thread. On 2 threads of an Intel Xeon (AMX, 2 MB L2 per core) 512-token batches
+# against batch 32 alone: MiniLM documents (median 101 tokens) +43% int8 / +52% fp32, its short sentences +3% / +10%,
+# all-mpnet-base-v2 documents +25%; 256 per batch was slower again (docs/perf/profile-minilm.md).
+CPU_BATCH_TOKENS_PER_THREAD = 256
+
+
 class Backend(Protocol):
     input_names: tuple[str, ...]
     sequence_bucket: int  # batches are padded to a multiple of this many tokens (1: never; see routes.Graph.run)
+    batch_tokens: int | None  # at most this many padded tokens per batch (None: the caller's batch_size alone)
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -42,6 +51,9 @@ class OnnxBackend:
             raise ModelFileError(f"onnxruntime could not load {path}: {exc}. The file is corrupt or was written by "
                                  "another tool; re-export the model.") from exc
         self.input_names = tuple(i.name for i in (*self.session.get_inputs(), *self.session.get_overridable_initializers()))
+        on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
+        threads = self.session.get_session_options().intra_op_num_threads or available_cores()  # 0: onnxruntime's default
+        self.batch_tokens = CPU_BATCH_TOKENS_PER_THREAD * threads if on_cpu else None
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(outputs, feeds)
@@ -64,6 +76,7 @@ class OpenVinoBackend:
     # OpenVINO's CPU plugin prepares its kernels for each new input shape (tens of ms with int8/AMX, the batch-1 p99
     # of st-bench): rounding the sequence length up to a multiple of 8 keeps the shapes few (docs/perf/minilm.md).
     sequence_bucket = 8
+    batch_tokens = None  # smaller batches mean more shapes to prepare; not measured to gain here
 
     def __init__(self, path: Path, *, device: str = "CPU", inference_precision: str | None = None,
                  num_threads: int | None = None) -> None:

@@ -274,26 +274,37 @@ def check_positive_int(value: Any, argument: str, *, allow_none: bool = False, a
     return int(value)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int, *, stable: bool = False) -> Iterator[np.ndarray]:
+def length_sorted_batches(lengths: Sequence[int] | np.ndarray, batch_size: int, *, stable: bool = False,
+                          max_tokens: int | None = None) -> Iterator[np.ndarray]:
     """Yield index arrays of batches over items sorted longest first, so each batch pads little.
 
     Args:
         stable: keep equal lengths in input order (else numpy's default sort, as sentence-transformers' encode sorts).
+        max_tokens: also at most this many padded tokens per batch (items x the batch's first, longest, item); an
+            item longer than that gets a batch of its own. None: batch_size alone.
 
     Raises:
-        InvalidInputError (a ValueError): batch_size is not a positive int.
+        InvalidInputError (a ValueError): batch_size or max_tokens is not a positive int.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable" if stable else None)
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    max_tokens = check_positive_int(max_tokens, "max_tokens", allow_none=True)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable" if stable else None)
+    start = 0
+    while start < len(order):
+        size = batch_size
+        if max_tokens is not None:  # sorted longest first: the first item pads the batch
+            size = min(batch_size, max(1, max_tokens // max(1, int(lengths[order[start]]))))
+        yield order[start : start + size]
+        start += size
 
 
 def tokenized_batches(items: Sequence[Any], tokenizer: TextTokenizer, batch_size: int,
-                      show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Feeds]]:
+                      show_progress_bar: bool | None, max_tokens: int | None = None) -> Iterator[tuple[np.ndarray, Feeds]]:
     """The batching loop of every encode / predict: yield (indices into `items`, the tokenized batch) over
-    length-sorted batches (`length_sorted_batches`), advancing a progress bar (`progress`) after each batch is
-    processed. Results go back to the input order by the indices.
+    length-sorted batches (`length_sorted_batches`) of at most `batch_size` items and `max_tokens` padded tokens (the
+    graph's backend's `batch_tokens`), advancing a progress bar (`progress`) after each batch is processed. Results
+    go back to the input order by the indices.
 
     The items are tokenized once and sorted by token count, so a batch pads almost nothing (sentence-transformers
     sorts by characters: 28% padding on st-bench's 2000 Lee sentences at batch 32, against 2% by tokens). A graph whose
@@ -311,7 +322,7 @@ def tokenized_batches(items: Sequence[Any], tokenizer: TextTokenizer, batch_size
     else:
         check_positive_int(batch_size, "batch_size")  # before tokenizing the whole input
         tokenized = tokenizer.tokenize(items)
-        batches = list(length_sorted_batches(tokenized.lengths, batch_size, stable=True))
+        batches = list(length_sorted_batches(tokenized.lengths, batch_size, stable=True, max_tokens=max_tokens))
         feeds_of = tokenized.batch
     with progress(len(batches), show_progress_bar) as bar:
         for index in batches:

@@ -170,7 +170,8 @@ class CrossEncoder(ExportedModel):
         output = "scores" if activation is None else "logits"
         graph = self.routes.graph(None)
         scores: np.ndarray | None = None
-        for index, feeds in tokenized_batches(pairs, graph.tokenizer, batch_size, show_progress_bar):
+        for index, feeds in tokenized_batches(pairs, graph.tokenizer, batch_size, show_progress_bar,
+                                               graph.backend.batch_tokens):
             batch_scores = graph.run(feeds, [output])[0]
             if activation is not None:
                 batch_scores = np.asarray(activation(batch_scores))

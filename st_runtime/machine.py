@@ -6,12 +6,21 @@ imported), so the manifest, st-bench and the zoo record versions the same way.""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 from collections.abc import Iterable
 from pathlib import Path
 
 ISAS = ("arm64", "avx2", "avx512", "avx512_vnni")
 CPUINFO = Path("/proc/cpuinfo")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not only the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def cpuinfo_lines() -> list[str]:

@@ -136,7 +136,8 @@ class MultiVectorEncoder(TruncateDim, TextEncoder):
         tokenizer = self._tokenizer_for(task)
         graph = self.routes.graph(None)
         results: list[np.ndarray] = [np.zeros((0, dim or self.get_embedding_dimension()), np.float32)] * len(texts)
-        for index, feeds in tokenized_batches(texts_in, tokenizer, batch_size, show_progress_bar):
+        for index, feeds in tokenized_batches(texts_in, tokenizer, batch_size, show_progress_bar,
+                                               graph.backend.batch_tokens):
             feeds, scored = self.scoring_inputs(feeds, task)
             tokens = graph.run(feeds, ["token_embeddings"])[0]
             for row, i in enumerate(index):

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from st_runtime.base import length_sorted_batches
 from st_runtime.errors import StRuntimeError
 from st_runtime.long_texts import LongTextCutter
+from st_runtime.machine import available_cores
 from st_runtime.manifest import Manifest, folder_file, load_manifest
 
 logger = logging.getLogger("st_runtime")
@@ -33,14 +35,6 @@ POOL_TASKS = ("sentence-embedding", "sparse-embedding")  # the kinds an encode p
 
 class PoolError(StRuntimeError, RuntimeError):
     """A worker of an encode pool died, could not load the model, or the pool was used after stop."""
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not only the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def route_tokenizer_spec(manifest: Manifest, task: str | None) -> Any:
@@ -98,15 +92,7 @@ def token_budget_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int)
     """
     if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}.")
-    lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
-    order = np.argsort(-lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        longest = int(lengths[order[start]])  # sorted longest first: the first item pads the batch
-        size = max(1, batch_tokens // longest)
-        batches.append(order[start : start + size])
-        start += size
-    return batches
+    return list(length_sorted_batches(lengths, max(1, len(lengths)), stable=True, max_tokens=int(batch_tokens)))
 
 
 def _picklable(exc: BaseException) -> BaseException:

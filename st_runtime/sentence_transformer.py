@@ -138,7 +138,8 @@ class SentenceTransformer(TruncateDim, TextEncoder):
         truncate_dim = check_truncate_dim(self.truncate_dim if truncate_dim is None else truncate_dim, dimension or None)
         sentence = np.zeros((len(texts), dimension), dtype=np.float32)
         per_text: list[dict[str, np.ndarray]] = [{} for _ in texts] if output_value != "sentence_embedding" else []
-        for index, feeds in tokenized_batches(texts_in, graph.tokenizer, batch_size, show_progress_bar):
+        for index, feeds in tokenized_batches(texts_in, graph.tokenizer, batch_size, show_progress_bar,
+                                               graph.backend.batch_tokens):
             feeds.update(extra_feeds)
             result = graph.run(feeds, outputs)
             sentence[index] = result[0]

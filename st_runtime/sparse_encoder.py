@@ -110,7 +110,8 @@ class SparseEncoder(TextEncoder):
         dim = graph.route.task_config.vocab_size  # a route's may differ from the model's
         row_indices: list[np.ndarray] = [np.zeros(0, np.int64)] * len(texts)
         row_values: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
-        for index, feeds in tokenized_batches(texts_in, graph.tokenizer, batch_size, show_progress_bar):
+        for index, feeds in tokenized_batches(texts_in, graph.tokenizer, batch_size, show_progress_bar,
+                                               graph.backend.batch_tokens):
             scores = run_in_slices(graph, feeds, dim if graph.route.task_config.splade is not None else 0)
             scores = keep_top_k(scores, top_k)
             for row, i in enumerate(index):

@@ -123,6 +123,16 @@ def tiny_source_and_folder(tmp_path_factory, tiny_transformers_dir, bert_vocab):
     return root / "source", root / "exported"
 
 
+def graph_runs(folder, items, batch_size: int) -> int:
+    """Graph runs of one encode / predict of `items` on one thread: batches of batch_size and the CPU token budget."""
+    import st_runtime
+    from st_runtime.base import length_sorted_batches
+
+    model = st_runtime.load(folder, intra_op_num_threads=1)
+    lengths = model.tokenizer.tokenize(items).lengths
+    return len(list(length_sorted_batches(lengths, batch_size, max_tokens=model.backend.batch_tokens)))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_profile_splits_one_encode_into_its_parts(tiny_source_and_folder, precision):
     import st_runtime
@@ -132,12 +142,31 @@ def test_profile_splits_one_encode_into_its_parts(tiny_source_and_folder, precis
     variant = next(v.name for v in st_runtime.load_manifest(folder).variants if v.precision == precision)
     texts = [f"sentence number {i} " + "word " * (i % 13) for i in range(70)]
     result = profile_variant(folder, variant, texts, threads=1, batch_size=16)
-    assert result["variant"] == variant and result["texts"] == 70 and result["batches"] == 5
+    assert result["variant"] == variant and result["texts"] == 70 and result["batches"] == graph_runs(folder, texts, 16)
     assert 0 < result["tokenize_s"] < result["total_s"] and 0 < result["graph_s"] < result["total_s"]
     assert result["rest_s"] == pytest.approx(result["total_s"] - result["tokenize_s"] - result["graph_s"])
     assert result["tokens"] < result["padded_tokens"]
     assert "MatMul" in "".join(result["ops"]) and all(seconds >= 0 for seconds in result["ops"].values())
     assert f"### {variant}" in markdown(result) and "| graph runs |" in markdown(result)
+
+
+def test_profile_splits_one_predict_of_a_cross_encoder(tiny_transformers_dir, bert_vocab, tmp_path):
+    from sentence_transformers import CrossEncoder
+    from test_cross_encoder import build_tiny_cross_encoder
+
+    from bench.profile import markdown, profile_variant
+
+    source = tiny_transformers_dir / "ce-profile"
+    if not source.exists():
+        build_tiny_cross_encoder(source, bert_vocab, arch="bert", num_labels=1)
+    export(CrossEncoder(str(source), device="cpu"), tmp_path / "exported")
+    pairs = [(f"query {i % 3}", "a document " + "word " * (i % 11)) for i in range(40)]
+    result = profile_variant(tmp_path / "exported", "fp32", pairs, threads=1, batch_size=16)
+    assert result["call"] == "predict" and result["texts"] == 40
+    assert result["batches"] == graph_runs(tmp_path / "exported", pairs, 16)
+    assert 0 < result["graph_s"] < result["total_s"] and result["tokens"] < result["padded_tokens"]
+    assert "MatMul" in "".join(result["ops"])
+    assert "predict of 40 pairs" in markdown(result)
 
 
 def test_flop_count_of_a_tiny_bert(tiny_source_and_folder):

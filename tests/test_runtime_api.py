@@ -106,6 +106,40 @@ def test_batches_are_cut_by_token_count(exported, sentences):
     np.testing.assert_allclose(runtime.encode(texts, batch_size=8), model.encode(texts, batch_size=8), atol=1e-5)
 
 
+def test_batches_also_keep_to_a_token_budget():
+    from st_runtime.base import length_sorted_batches
+
+    lengths = [5, 40, 12, 12, 3, 100, 7, 12]
+    batches = list(length_sorted_batches(lengths, 4, stable=True, max_tokens=36))
+    # longest first; a batch holds at most 4 items and 36 padded tokens; an item over the budget runs alone
+    assert [list(b) for b in batches] == [[5], [1], [2, 3, 7], [6, 0, 4]]
+    assert [list(b) for b in length_sorted_batches(lengths, 4, stable=True)] == [[5, 1, 2, 3], [7, 6, 0, 4]]
+    with pytest.raises(ValueError, match="max_tokens"):
+        next(length_sorted_batches(lengths, 4, max_tokens=0))
+
+
+def test_encode_on_cpu_runs_token_budget_batches(exported, sentences):
+    """On onnxruntime's CPU provider a batch holds at most 256 padded tokens per thread (faster: activations stay in
+    the caches), whatever batch_size says; the results do not change."""
+    from st_runtime.backends import CPU_BATCH_TOKENS_PER_THREAD
+
+    model, folder = exported
+    runtime = st_runtime.SentenceTransformer(folder, intra_op_num_threads=1)
+    graph = runtime.routes.graph(None)
+    assert graph.backend.batch_tokens == CPU_BATCH_TOKENS_PER_THREAD
+    assert st_runtime.SentenceTransformer(folder, intra_op_num_threads=3).backend.batch_tokens == 3 * CPU_BATCH_TOKENS_PER_THREAD
+    texts = [" ".join(sentences[i : i + 4]) for i in range(40)]  # about 40-60 tokens each: 5-6 per 256-token batch
+    shapes = []
+    run = graph.backend.run
+    graph.backend.run = lambda outputs, feeds: shapes.append(feeds["input_ids"].shape) or run(outputs, feeds)
+    try:
+        embeddings = runtime.encode(texts, batch_size=32)
+    finally:
+        del graph.backend.run
+    assert len(shapes) > 2 and all(rows * length <= CPU_BATCH_TOKENS_PER_THREAD or rows == 1 for rows, length in shapes)
+    np.testing.assert_allclose(embeddings, model.encode(texts, batch_size=32), atol=1e-5)
+
+
 def test_encode_query_and_document_use_prompts(exported, sentences):
     model, folder = exported
     runtime = st_runtime.SentenceTransformer(folder)

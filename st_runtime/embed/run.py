@@ -32,8 +32,9 @@ from st_runtime.embed.io import (
     write_npy,
     write_parquet,
 )
+from st_runtime.machine import available_cores
 from st_runtime.manifest import load_manifest, sha256_file
-from st_runtime.pool import DEFAULT_BATCH_TOKENS, EncodePool, TokenCounter, available_cores, encode_job, token_budget_batches
+from st_runtime.pool import DEFAULT_BATCH_TOKENS, EncodePool, TokenCounter, encode_job, token_budget_batches
 
 STATE_VERSION = 1
 BadRowPolicy = Literal["error", "skip", "empty"]
