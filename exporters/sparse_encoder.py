@@ -215,7 +215,10 @@ def _write_splade(transformer: nn.Module, pooling: nn.Module, staging: Path, *, 
 
 def _write_sparse_static(static_embedding: nn.Module, staging: Path, *, graph_file: str, tokenizer_file: str,
                          options: ExportOptions) -> Route:
-    tokenizer = write_sparse_static_tokenizer(static_embedding.tokenizer, staging / tokenizer_file)
+    # Padding-sensitive by construction: a text that spells out the pad token scores it only where its batch does not
+    # pad it (SparseStaticGraph), so the runtime must form sentence-transformers' very batches.
+    tokenizer = dataclasses.replace(write_sparse_static_tokenizer(static_embedding.tokenizer, staging / tokenizer_file),
+                                    padding_sensitive=True)
     example = static_embedding.preprocess(EXAMPLE_TEXTS)  # padded, without special tokens
     inputs = {name: example[name] for name in SparseStaticGraph.input_names}
     graph = SparseStaticGraph(static_embedding).eval()
