@@ -40,9 +40,15 @@ class Timed:
             self.calls += 1
 
 
+def call_and_unit(task: str) -> tuple[str, str]:
+    """The call st-bench times for a kind of model and what it takes: `predict` of pairs for a cross-encoder, else
+    `encode` of texts."""
+    return ("predict", "pairs") if task == "text-ranking" else ("encode", "texts")
+
+
 def inference(model: Any) -> Any:
-    """The call st-bench times for the model's kind: `predict` for a cross-encoder, else `encode`."""
-    return model.predict if model.manifest.task == "text-ranking" else model.encode
+    """The model's bound `call_and_unit` method."""
+    return getattr(model, call_and_unit(model.manifest.task)[0])
 
 
 def split_encode(model: Any, items: list[Any], batch_size: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -118,7 +124,7 @@ def profile_variant(folder: Path, variant: str | None, items: list[Any], threads
         ops = onnx_op_times(model.folder / model.variant.file, feeds, threads)
     tokens = int(sum(int(f["attention_mask"].sum()) for f in feeds))
     padded = int(sum(f["attention_mask"].size for f in feeds))
-    call, unit = ("predict", "pairs") if model.manifest.task == "text-ranking" else ("encode", "texts")
+    call, unit = call_and_unit(model.manifest.task)
     return {"variant": model.variant.name, "call": call, "unit": unit, **split, "texts": len(items), "tokens": tokens,
             "padded_tokens": padded, "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = st_runtime.load_manifest(args.folder)
     variants = args.variant or [v.name for v in manifest.variants]
     workload = build_workload(manifest.task, max_texts=args.texts, rerank_queries=args.rerank_queries)
-    items = workload.pairs if manifest.task == "text-ranking" else list(workload.corpus)
+    items = workload.pairs if call_and_unit(manifest.task)[1] == "pairs" else list(workload.corpus)
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['isa']}; {', '.join(cpu['flags'])}); threads {args.threads}; batch size {args.batch_size}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}\n")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from st_runtime.base import length_sorted_batches
+from st_runtime.base import check_positive_int, length_sorted_batches
 from st_runtime.errors import StRuntimeError
 from st_runtime.long_texts import LongTextCutter
 from st_runtime.machine import available_cores
@@ -88,11 +88,10 @@ def token_budget_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int)
     (batch size x its longest item); an item longer than the budget gets a batch of its own.
 
     Raises:
-        ValueError: batch_tokens is not a positive int.
+        InvalidInputError (a ValueError): batch_tokens is not a positive int.
     """
-    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, (int, np.integer)) or batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}.")
-    return list(length_sorted_batches(lengths, max(1, len(lengths)), stable=True, max_tokens=int(batch_tokens)))
+    batch_tokens = check_positive_int(batch_tokens, "batch_tokens")
+    return list(length_sorted_batches(lengths, max(1, len(lengths)), stable=True, max_tokens=batch_tokens))
 
 
 def _picklable(exc: BaseException) -> BaseException:
