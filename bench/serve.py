@@ -154,6 +154,16 @@ async def load(url: str, model: str, texts: list[str], concurrency: int, max_req
             "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
+def run_async(coroutine: Any) -> Any:
+    """Run the load generator on uvloop where installed (the serve extra has it): the client shares the machine, and
+    costs less per request there, for every server alike."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
 def direct_latency(folder: str, threads: int, texts: list[str], n: int = 200) -> float:
     """p50 ms of st_runtime encode on one text, in this process: the floor a server adds its overhead to."""
     import st_runtime
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", nargs="+", default=["st-serve", "naive", "infinity"])
     parser.add_argument("--workloads", nargs="+", default=["queries", "documents"], choices=["queries", "documents"])
     parser.add_argument("--serve-args", default="", help="more st-serve flags, e.g. '--max-batch-tokens 4096'")
+    parser.add_argument("--variants", nargs="+", default=[],
+                        help="st-serve once per variant of the folder (rows 'st-serve (VARIANT)'); default: its default")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -187,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                  if name in args.workloads}
     python = sys.executable
     servers: dict[str, tuple[list[str], str, str, dict[str, str]]] = {}
-    port = free_port()
-    servers["st-serve"] = ([python, "-m", "st_runtime.serve.cli", args.folder, "--name", "m", "--port", str(port),
-                            "--threads", str(args.threads), "--log-level", "warning",
-                            *args.serve_args.split()],
-                           f"http://127.0.0.1:{port}", "/v1/embeddings", {})
+    for variant in args.variants or [None]:
+        port = free_port()
+        servers["st-serve" if variant is None else f"st-serve ({variant})"] = (
+            [python, "-m", "st_runtime.serve.cli", args.folder, "--name", "m", "--port", str(port), "--threads",
+             str(args.threads), "--log-level", "warning", *(["--variant", variant] if variant else []),
+             *args.serve_args.split()], f"http://127.0.0.1:{port}", "/v1/embeddings", {})
     if args.source:
         port = free_port()
         servers["naive"] = ([python, "-m", "bench.naive_server", args.source, "--port", str(port), "--threads",
@@ -203,12 +216,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "--engine", "torch", "--no-model-warmup"], f"http://127.0.0.1:{port}", "/embeddings",
                                {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
                                 "INFINITY_ANONYMOUS_USAGE_STATS": "0"})
-    results: dict[str, Any] = {"threads": args.threads, "serve_args": args.serve_args, "direct_p50_ms": {}, "cells": []}
+    results: dict[str, Any] = {"threads": args.threads, "serve_args": args.serve_args, "variants": args.variants,
+                               "direct_p50_ms": {}, "cells": []}
     for name, texts in workloads.items():
         results["direct_p50_ms"][name] = direct_latency(args.folder, args.threads, texts)
         print(f"direct st_runtime encode, {name}: p50 {results['direct_p50_ms'][name]} ms", flush=True)
     for server, (command, url, path, env) in servers.items():
-        if server not in args.servers:
+        if server.split(" (")[0] not in args.servers:
             continue
         try:
             proc = start(command, int(url.rsplit(":", 1)[1]), env=env)
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for workload, texts in workloads.items():
                 for concurrency in args.concurrency:
-                    cell = asyncio.run(load(url, "m", texts, concurrency, args.max_requests, args.max_seconds, path))
+                    cell = run_async(load(url, "m", texts, concurrency, args.max_requests, args.max_seconds, path))
                     cell = {"server": server, "workload": workload, "concurrency": concurrency, **cell}
                     results["cells"].append(cell)
                     print(json.dumps(cell), flush=True)

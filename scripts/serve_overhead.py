@@ -1,70 +1,80 @@
-"""What st-serve adds to one request at concurrency 1, for docs/perf/serve.md: p50 of `GET /health` (the bare HTTP
-round trip through uvicorn and starlette), of `POST /tokenize` (plus validation and a thread hop, no model), of
-`POST /v1/embeddings` with one short query, and of a direct `st_runtime` encode of the same query in this process.
+"""What a server adds to one request at concurrency 1, for docs/perf/serve.md: one-query `POST /v1/embeddings` to
+each server given, and a direct `st_runtime` encode of the same query in this process, in short blocks of requests
+taking turns (the order rotating), so that the host's drift hits every column alike. Prints each column's p50 and
+the median over rounds of (a server's block p50 minus the direct block p50 of the same round).
+
+Blocks rather than single requests: onnxruntime's threads keep spinning for a while after a run, so a request
+right after another process's run would measure that contention, which a server alone at concurrency 1 never sees.
 
     st-serve /tmp/serve-minilm --port 18777 --threads 2 &
-    .venv/bin/python scripts/serve_overhead.py --port 18777 --folder /tmp/serve-minilm
+    python -m bench.floor_server /tmp/serve-minilm --port 18779 --threads 2 &
+    .venv/bin/python scripts/serve_overhead.py --folder /tmp/serve-minilm --server st-serve=18777 --server floor=18779
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.serve import QUERIES, Connection, direct_latency
+from bench.serve import QUERIES, Connection, run_async
 
-ROUNDS, WARMUP = 400, 30
-
-
-def p50_ms(times: list[float]) -> float:
-    return round(float(np.percentile(np.array(times) * 1e3, 50)), 3)
+WARMUP = 30
 
 
-async def endpoint_p50(port: int, path: str, body: Callable[[str], dict[str, Any]] | None) -> float:
-    """p50 ms of ROUNDS requests on one keep-alive connection: POST of body(query), or GET without a body."""
-    connection = Connection("127.0.0.1", port)
+async def interleaved(folder: Path, servers: dict[str, int], threads: int, rounds: int, block: int) -> dict[str, Any]:
+    import st_runtime
 
-    def call(i: int) -> Any:
-        text = QUERIES[i % len(QUERIES)]
-        return connection.request("GET", path) if body is None else connection.post(path, body(text))
+    model = st_runtime.SentenceTransformer(folder, intra_op_num_threads=threads)
+    connections = {name: Connection("127.0.0.1", port) for name, port in servers.items()}
 
-    try:
-        for i in range(WARMUP):
-            await call(i)
-        times = []
-        for i in range(ROUNDS):
-            start = time.perf_counter()
-            status, answer = await call(i)
-            times.append(time.perf_counter() - start)
+    async def timed(name: str, text: str) -> float:
+        start = time.perf_counter()
+        if name == "direct":
+            model.encode([text])
+        else:
+            status, answer = await connections[name].post("/v1/embeddings", {"model": folder.name, "input": [text]})
             if status != 200:
-                raise RuntimeError(f"{path} answered {status}: {answer[:200]!r}")
-        return p50_ms(times)
+                raise RuntimeError(f"{name} answered {status}: {answer[:200]!r}")
+        return time.perf_counter() - start
+
+    names = [*servers, "direct"]
+    for i in range(WARMUP):
+        for name in names:
+            await timed(name, QUERIES[i % len(QUERIES)])
+    p50s: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for r in range(rounds):
+            for k in range(len(names)):
+                name = names[(r + k) % len(names)]
+                times = [await timed(name, QUERIES[i % len(QUERIES)]) for i in range(block)]
+                p50s[name].append(float(np.median(times)) * 1e3)
     finally:
-        connection.close()
+        for connection in connections.values():
+            connection.close()
+    direct = np.array(p50s["direct"])
+    result = {f"{name}_p50_ms": round(float(np.median(values)), 3) for name, values in p50s.items()}
+    result |= {f"{name}_minus_direct_ms": round(float(np.median(np.array(p50s[name]) - direct)), 3) for name in servers}
+    result |= {f"{name}_minus_direct_by_round_ms": [round(float(v), 2) for v in np.array(p50s[name]) - direct]
+               for name in servers}
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--folder", type=Path, required=True, help="the folder st-serve serves (model name = its name)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folder", type=Path, required=True, help="the folder the servers serve (model name = its name)")
+    parser.add_argument("--server", action="append", required=True, metavar="NAME=PORT",
+                        help="a server on 127.0.0.1 (repeat)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the direct encode")
+    parser.add_argument("--rounds", type=int, default=12, help="blocks per server (and of direct encodes)")
+    parser.add_argument("--block", type=int, default=50, help="requests per block")
     args = parser.parse_args()
-    model = args.folder.name
-    result = {
-        "health_p50_ms": asyncio.run(endpoint_p50(args.port, "/health", None)),
-        "tokenize_p50_ms": asyncio.run(endpoint_p50(args.port, "/tokenize", lambda t: {"inputs": t})),
-        "embeddings_p50_ms": asyncio.run(endpoint_p50(args.port, "/v1/embeddings",
-                                                      lambda t: {"model": model, "input": [t]})),
-        "direct_encode_p50_ms": direct_latency(str(args.folder), args.threads, QUERIES, ROUNDS),
-    }
-    print(json.dumps(result))
+    servers = {name: int(port) for name, port in (item.split("=", 1) for item in args.server)}
+    print(json.dumps(run_async(interleaved(args.folder, servers, args.threads, args.rounds, args.block))))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@ padding/truncation settings stored in tokenizer.json, which often differ from wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -87,18 +88,34 @@ class TextTokenizer:
 
     def tokenize(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> TokenizedTexts:
         """Tokenize texts (or text pairs) without padding, in pieces so that only compact int32 ids stay in memory."""
+        ids: list[np.ndarray] = []
+        type_ids: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
+        for encodings in self._encoded_pieces(texts):
+            id_lists = [e.ids for e in encodings]  # each `e.ids` builds a new Python list: read it once
+            counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+            total = int(counts.sum())
+            ids.append(np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=total))
+            type_ids.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int8, count=total))
+            lengths.append(counts)
+        return TokenizedTexts(_joined(ids, np.int32), _joined(type_ids, np.int8), _joined(lengths, np.int64), self.spec)
+
+    def token_counts(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> np.ndarray:
+        """Tokens per text (or pair) as `tokenize` counts them (special tokens included, after truncation), without
+        keeping the ids."""
+        counts = [np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+                  for encodings in self._encoded_pieces(texts)]
+        return _joined(counts, np.int64)
+
+    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> Iterator[list[Any]]:
+        """`tokenizers` encodings of TOKENIZE_PIECE texts at a time, truncated (long texts cut first: same tokens)."""
         tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
         truncation = tokenizer.truncation
-        ids, type_ids, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int8)], [np.zeros(0, np.int64)]
         for start in range(0, len(texts), TOKENIZE_PIECE):
             piece = list(texts[start : start + TOKENIZE_PIECE])
             if truncation is not None and not truncation["stride"]:
                 piece = self._cutter.cut(piece, truncation["max_length"], truncation["direction"])
-            encodings = tokenizer.encode_batch(piece, add_special_tokens=True)
-            ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int32))
-            type_ids.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), dtype=np.int8))
-            lengths.append(np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)))
-        return TokenizedTexts(np.concatenate(ids), np.concatenate(type_ids), np.concatenate(lengths), self.spec)
+            yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)  # no character offsets
 
     def prompt_length(self, prompt: str) -> int:
         """Number of leading tokens a prompt occupies, as sentence-transformers counts them.
@@ -112,3 +129,7 @@ class TextTokenizer:
                 length -= 1
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+
+def _joined(pieces: list[np.ndarray], dtype: type) -> np.ndarray:
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.zeros(0, dtype)

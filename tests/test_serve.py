@@ -380,7 +380,7 @@ def test_model_errors_are_500_without_traceback(folders, monkeypatch):
     from st_runtime.serve import ModelConfig, ServeConfig, create_app
 
     app = create_app(ServeConfig(models=(ModelConfig("embed", str(folders["embed"])),), threads=1))
-    served = app.state.server.models["embed"]
+    served = app.server.models["embed"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("Traceback (most recent call last): secret internals")
@@ -395,12 +395,69 @@ def test_model_errors_are_500_without_traceback(folders, monkeypatch):
     try:
         tei, oa = asyncio.run(go())
     finally:
-        app.state.server.stop()
+        app.server.stop()
     assert tei.status_code == 500 and tei.json()["error_type"] == "Backend"
     assert oa.status_code == 500 and oa.json()["error"]["type"] == "server_error"
     for r in (tei, oa):
         assert "Traceback" not in r.text and "secret" not in r.text and "RuntimeError" in r.text
     json.loads(tei.text)
+
+
+def test_a_client_that_disconnects_loses_its_queued_work(folders, monkeypatch):
+    """Through the ASGI app itself: request B waits behind A (held in its graph run); B's client goes away; B's inputs
+    never reach the model and B's wait ends (499), while A is answered."""
+    from st_runtime.serve import ModelConfig, ServeConfig, create_app
+
+    app = create_app(ServeConfig(models=(ModelConfig("embed", str(folders["embed"])),), threads=1))
+    served = app.server.models["embed"]
+    encode, gate, encoded = served.model.encode, threading.Event(), []
+
+    def held_encode(texts, **kwargs):
+        encoded.extend(texts)
+        gate.wait(20)
+        return encode(texts, **kwargs)
+
+    monkeypatch.setattr(served.model, "encode", held_encode)
+
+    async def call(texts: list[str], gone: asyncio.Event | None) -> list[dict]:
+        body = json.dumps({"inputs": texts}).encode()
+        scope = {"type": "http", "method": "POST", "path": "/embed", "headers": [(b"content-length", b"%d" % len(body))]}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            if gone is None:
+                await asyncio.Event().wait()  # never disconnects (cancelled at the end)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    async def go() -> tuple[list[dict], list[dict]]:
+        a = asyncio.ensure_future(call(["held text"], None))
+        while not encoded:
+            await asyncio.sleep(0.01)
+        gone = asyncio.Event()
+        b = asyncio.ensure_future(call(["never run 1", "never run 2"], gone))
+        await asyncio.sleep(0.1)  # B is queued and listening for its client
+        gone.set()
+        b_sent = await asyncio.wait_for(b, 10)
+        gate.set()
+        return await asyncio.wait_for(a, 20), b_sent
+
+    try:
+        a_sent, b_sent = asyncio.run(go())
+    finally:
+        gate.set()
+        app.server.stop()
+    assert a_sent[0]["status"] == 200 and b_sent[0]["status"] == 499
+    assert encoded == ["held text"] and served.batcher.queue_depth == 0
 
 
 def test_serve_never_imports_torch(folders):
@@ -409,7 +466,7 @@ def test_serve_never_imports_torch(folders):
             "    sys.modules[name] = None\n"
             "from st_runtime.serve import ModelConfig, ServeConfig, create_app\n"
             f"app = create_app(ServeConfig(models=(ModelConfig('m', {str(folders['embed'])!r}),), threads=1))\n"
-            "app.state.server.stop()\n"
+            "app.server.stop()\n"
             "import st_runtime.serve.cli\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -3,6 +3,11 @@
 
 Errors are answered in the caller's dialect: OpenAI's `{"error": {"message", "type", "param", "code"}}` under /v1,
 TEI's `{"error", "error_type"}` elsewhere; never a traceback (those go to the server log).
+
+The POST endpoints are plain ASGI callables (`PostEndpoint`) that `ServeApp` calls directly: a request's own path
+through the server is body, validation, queue and answer, with no framework layer in between (each one costs
+measurably at concurrency 1; docs/perf/serve.md). Everything else (GET endpoints, CORS preflights, lifespan,
+unknown paths) goes through Starlette.
 """
 
 from __future__ import annotations
@@ -24,22 +29,23 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from st_runtime.base import check_text
 from st_runtime.errors import InvalidInputError, StRuntimeError
 from st_runtime.serve import schemas
-from st_runtime.serve.batcher import BatchLimits, QueueFullError, RequestTooLargeError
+from st_runtime.serve.batcher import BatchLimits, Job, QueueFullError, RequestTooLargeError
 from st_runtime.serve.metrics import Metrics
 from st_runtime.serve.models import ServedModel
 from st_runtime.similarity import l2_normalize
 
 logger = logging.getLogger("st_runtime.serve")
 CONFIG_ENV = "ST_SERVE_CONFIG"  # the JSON ServeConfig handed to --workers processes
+DISCONNECT_WATCH_AFTER = 0.02  # seconds a request waits before it listens for its client going away
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,9 @@ class ServeConfig:
                    cors=tuple(data.pop("cors")), **data)
 
 
-class FastJSONResponse(JSONResponse):
+def dumps(content: Any) -> bytes:
     """JSON by orjson, numpy arrays included (float32 printed as the shortest text that reads back the same value)."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class ApiError(StRuntimeError):
@@ -131,9 +135,12 @@ class Server:
                            param="model")
         return served
 
-    async def run(self, request: Request, served: ServedModel, key: Hashable, items: list[Any],
+    async def run(self, receive: Receive, served: ServedModel, key: Hashable, items: list[Any],
                   options: dict[str, Any] | None = None) -> tuple[list[Any], int]:
         """Queue inputs on the model's batcher and wait; drop them if the client goes away first.
+
+        A request still waiting after DISCONNECT_WATCH_AFTER seconds starts listening for its client's disconnect (a
+        quick request never pays for the listener).
 
         Returns:
             (one result per input, input tokens)
@@ -147,32 +154,37 @@ class Server:
             raise ApiError(429, f"Too many requests queued: {exc}.", headers={"Retry-After": "1"}) from None
         except RequestTooLargeError as exc:
             raise ApiError(413, str(exc), param="input") from None
-        gone = asyncio.ensure_future(_disconnected(request))
+        loop = asyncio.get_running_loop()
+        watch: list[asyncio.Task] = []
+        timer = loop.call_later(DISCONNECT_WATCH_AFTER,
+                                lambda: watch.append(loop.create_task(_drop_when_gone(receive, served, job))))
         try:
-            done, _ = await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)
+            return await job.future
         except asyncio.CancelledError:
-            served.batcher.drop(job)
+            if watch and watch[0].done() and not watch[0].cancelled():
+                raise ApiError(499, "client closed the request") from None
+            served.batcher.drop(job)  # the request itself was cancelled (server shutdown)
             raise
+        except RequestTooLargeError as exc:
+            raise ApiError(413, f"Request too large: {exc}.", param="input") from None
+        except InvalidInputError as exc:
+            raise ApiError(422, str(exc), param="input") from None
+        except Exception as exc:
+            raise ApiError(500, f"Model {served.name!r} failed on this request ({type(exc).__name__}); see the "
+                                "server log.") from None
         finally:
-            gone.cancel()
-        if job.future not in done:
-            served.batcher.drop(job)
-            job.future.cancel()
-            raise ApiError(499, "client closed the request")
-        exc = job.future.exception()
-        if exc is None:
-            return job.future.result()
-        if isinstance(exc, RequestTooLargeError):
-            raise ApiError(413, f"Request too large: {exc}.", param="input")
-        if isinstance(exc, InvalidInputError):
-            raise ApiError(422, str(exc), param="input")
-        raise ApiError(500, f"Model {served.name!r} failed on this request ({type(exc).__name__}); see the server log.")
+            timer.cancel()
+            if watch:
+                watch[0].cancel()
 
 
-async def _disconnected(request: Request) -> None:
-    """Return when the client disconnects (the body is read already, so the next ASGI message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
+async def _drop_when_gone(receive: Receive, served: ServedModel, job: Job) -> None:
+    """When the client disconnects, drop its queued inputs and end its wait (the body is read already, so the next
+    ASGI message is the disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
         pass
+    served.batcher.drop(job)
+    job.future.cancel()
 
 
 def _texts(value: str | list[str], where: str) -> list[str]:
@@ -206,15 +218,15 @@ def _truncate_normalize(served: ServedModel, rows: list[np.ndarray], dimensions:
     return embeddings
 
 
-# -- endpoints: (server, request, parsed body) -> (model name, tokens, JSON payload) ---------------------------------
+# -- endpoints: (server, ASGI receive, parsed body) -> (model name, tokens, JSON payload) ---------------------------------
 
-async def openai_embeddings(server: Server, request: Request, body: schemas.OpenAIEmbeddings) -> tuple[str, int, Any]:
+async def openai_embeddings(server: Server, receive: Receive, body: schemas.OpenAIEmbeddings) -> tuple[str, int, Any]:
     served = server.pick(body.model, "/v1/embeddings")
     if body.dimensions is not None and served.dimension is not None and body.dimensions > served.dimension:
         raise ApiError(422, f"dimensions: {body.dimensions} is more than the model's {served.dimension}.",
                        param="dimensions")
     texts = _texts(body.input, "input")
-    rows, tokens = await server.run(request, served, ("embed", _prompt(served, None), None), texts)
+    rows, tokens = await server.run(receive, served, ("embed", _prompt(served, None), None), texts)
     embeddings = _truncate_normalize(served, rows, body.dimensions, False, "dimensions")
     if body.encoding_format == "base64":
         values: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings]
@@ -225,23 +237,23 @@ async def openai_embeddings(server: Server, request: Request, body: schemas.Open
                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-async def embed(server: Server, request: Request, body: schemas.Embed) -> tuple[str, int, Any]:
+async def embed(server: Server, receive: Receive, body: schemas.Embed) -> tuple[str, int, Any]:
     served = server.pick(body.model, "/embed")
     texts, prompt = _texts(body.inputs, "inputs"), _prompt(served, body.prompt_name)
-    rows, tokens = await server.run(request, served, ("embed", prompt, None), texts, {"truncate": body.truncate})
+    rows, tokens = await server.run(receive, served, ("embed", prompt, None), texts, {"truncate": body.truncate})
     embeddings = _truncate_normalize(served, rows, body.dimensions, body.normalize, "dimensions")
     return served.name, tokens, np.ascontiguousarray(embeddings, dtype=np.float32)
 
 
-async def embed_sparse(server: Server, request: Request, body: schemas.EmbedSparse) -> tuple[str, int, Any]:
+async def embed_sparse(server: Server, receive: Receive, body: schemas.EmbedSparse) -> tuple[str, int, Any]:
     served = server.pick(body.model, "/embed_sparse")
     texts, prompt = _texts(body.inputs, "inputs"), _prompt(served, body.prompt_name)
-    rows, tokens = await server.run(request, served, ("sparse", prompt, None), texts, {"truncate": body.truncate})
+    rows, tokens = await server.run(receive, served, ("sparse", prompt, None), texts, {"truncate": body.truncate})
     return served.name, tokens, [[{"index": i, "value": v} for i, v in zip(ids.tolist(), weights.tolist(), strict=True)]
                                  for ids, weights in rows]
 
 
-async def rerank(server: Server, request: Request, body: schemas.Rerank) -> tuple[str, int, Any]:
+async def rerank(server: Server, receive: Receive, body: schemas.Rerank) -> tuple[str, int, Any]:
     served = server.pick(body.model, "/rerank")
     if served.model.num_labels != 1:
         raise ApiError(400, f"Model {served.name!r} has {served.model.num_labels} labels; /rerank needs one score per "
@@ -251,20 +263,20 @@ async def rerank(server: Server, request: Request, body: schemas.Rerank) -> tupl
     if not texts:
         return served.name, 0, []
     pairs = [(check[0], text) for text in texts]
-    scores, tokens = await server.run(request, served, ("pairs", _prompt(served, None), body.raw_scores), pairs,
+    scores, tokens = await server.run(receive, served, ("pairs", _prompt(served, None), body.raw_scores), pairs,
                                       {"truncate": body.truncate})
     order = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[: body.top_n]
     return served.name, tokens, [{"index": i, "score": float(scores[i]), **({"text": texts[i]} if body.return_text else {})}
                                  for i in order]
 
 
-async def predict(server: Server, request: Request, body: schemas.Predict) -> tuple[str, int, Any]:
+async def predict(server: Server, receive: Receive, body: schemas.Predict) -> tuple[str, int, Any]:
     served = server.pick(body.model, "/predict")
     single = isinstance(body.inputs[0], str)
     pairs = [tuple(body.inputs)] if single else [tuple(p) for p in body.inputs]
     for index, pair in enumerate(pairs):
         _texts(list(pair), f"inputs[{index}]")
-    scores, tokens = await server.run(request, served, ("pairs", _prompt(served, None), body.raw_scores), pairs,
+    scores, tokens = await server.run(receive, served, ("pairs", _prompt(served, None), body.raw_scores), pairs,
                                       {"truncate": body.truncate})
     results = []
     for score in scores:
@@ -274,7 +286,7 @@ async def predict(server: Server, request: Request, body: schemas.Predict) -> tu
     return served.name, tokens, results[0] if single else results
 
 
-async def tokenize(server: Server, request: Request, body: schemas.Tokenize) -> tuple[str, int, Any]:
+async def tokenize(server: Server, receive: Receive, body: schemas.Tokenize) -> tuple[str, int, Any]:
     served = server.pick(body.model, "/tokenize")
     prompt = _prompt(served, body.prompt_name)
     texts = [prompt + text for text in _texts(body.inputs, "inputs")]
@@ -292,7 +304,119 @@ POST_ENDPOINTS: dict[str, tuple[type[BaseModel], Callable[..., Awaitable[tuple[s
 }
 
 
-def create_app(config: ServeConfig) -> Starlette:
+def error_answer(exc: ApiError, path: str) -> tuple[bytes, dict[str, str]]:
+    """The JSON body and headers of an error, in the dialect of the endpoint's API."""
+    if path.startswith("/v1/"):
+        code = {404: "model_not_found", 401: "invalid_api_key"}.get(exc.status)
+        payload: Any = {"error": {"message": exc.message, "type": _OPENAI_TYPES.get(exc.status, "invalid_request_error"),
+                                  "param": exc.param, "code": code}}
+    else:
+        payload = {"error": exc.message, "error_type": _TEI_TYPES.get(exc.status, "Validation")}
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return dumps(payload), headers
+
+
+def check_api_key(api_key: bytes | None, authorization: str) -> None:
+    """Raises ApiError 401 unless `authorization` is `Bearer <api_key>` (or no key is set)."""
+    if api_key is None:
+        return
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
+        raise ApiError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.")
+
+
+class PostEndpoint:
+    """One POST endpoint as a plain ASGI app: API key, body (size-limited), validation by the endpoint's schema, the
+    handler, an orjson answer, and the request's metrics."""
+
+    def __init__(self, server: Server, path: str, api_key: bytes | None) -> None:
+        self.server, self.path, self.api_key = server, path, api_key
+        self.schema, self.handler = POST_ENDPOINTS[path]
+        self.max_bytes = server.config.max_request_bytes
+        self.in_progress = server.metrics.in_progress.labels(path)
+        self._counted: dict[tuple[str, int], tuple[Any, Any, Any]] = {}  # (model, status) -> metric children
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start, model, status, tokens = time.perf_counter(), "-", 200, 0
+        self.in_progress.inc()
+        try:
+            try:
+                headers = dict(scope["headers"])
+                check_api_key(self.api_key, headers.get(b"authorization", b"").decode("latin-1"))
+                body = self.schema.model_validate_json(await self._body(receive, headers.get(b"content-length")))
+                model, tokens, payload = await self.handler(self.server, receive, body)
+                answer, extra = dumps(payload), {}
+            except ValidationError as exc:
+                raise _validation_error(exc) from None
+        except ApiError as exc:
+            status = exc.status
+            answer, extra = error_answer(exc, self.path)
+        except Exception:
+            status = 500
+            logger.exception("st-serve: unexpected error on %s", self.path)
+            answer, extra = error_answer(ApiError(500, "Internal server error; see the server log."), self.path)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in extra.items())]})
+            await send({"type": "http.response.body", "body": answer})
+        finally:
+            self.in_progress.dec()
+            self._count(model, status, tokens, time.perf_counter() - start)
+
+    async def _body(self, receive: Receive, content_length: bytes | None) -> bytes:
+        too_large = ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.")
+        if content_length is not None and content_length.isdigit() and int(content_length) > self.max_bytes:
+            raise too_large
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ApiError(499, "client closed the request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise too_large
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _count(self, model: str, status: int, tokens: int, seconds: float) -> None:
+        children = self._counted.get((model, status))
+        if children is None:
+            metrics = self.server.metrics
+            children = self._counted[(model, status)] = (
+                metrics.requests.labels(model, self.path, str(status)), metrics.latency.labels(model, self.path),
+                metrics.tokens.labels(model, self.path))
+        requests, latency, token_count = children
+        requests.inc()
+        latency.observe(seconds)
+        if tokens:
+            token_count.inc(tokens)
+
+
+class ServeApp:
+    """The st-serve ASGI app: POST endpoints called directly, everything else through Starlette (`rest`); with
+    --cors, CORS wraps both."""
+
+    def __init__(self, server: Server, posts: dict[str, PostEndpoint], rest: Starlette, cors: tuple[str, ...]) -> None:
+        self.server, self._posts, self._rest = server, posts, rest
+        self._app: ASGIApp = self._dispatch
+        if cors:
+            self._app = CORSMiddleware(self._dispatch, allow_origins=list(cors), allow_methods=["GET", "POST"],
+                                       allow_headers=["Authorization", "Content-Type"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._posts.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        await (endpoint or self._rest)(scope, receive, send)
+
+
+def create_app(config: ServeConfig) -> ServeApp:
     """Load every model of `config` (each with its batcher thread) and return the ASGI app serving them.
 
     Raises:
@@ -301,60 +425,12 @@ def create_app(config: ServeConfig) -> Starlette:
     server = Server(config)
     api_key = config.api_key.encode() if config.api_key else None
 
-    def error(exc: ApiError, path: str) -> JSONResponse:
-        if path.startswith("/v1/"):
-            code = {404: "model_not_found", 401: "invalid_api_key"}.get(exc.status)
-            payload: Any = {"error": {"message": exc.message, "type": _OPENAI_TYPES.get(exc.status, "invalid_request_error"),
-                                      "param": exc.param, "code": code}}
-        else:
-            payload = {"error": exc.message, "error_type": _TEI_TYPES.get(exc.status, "Validation")}
-        headers = dict(exc.headers)
-        if exc.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(payload, status_code=exc.status, headers=headers)
+    def error(exc: ApiError, path: str) -> Response:
+        body, headers = error_answer(exc, path)
+        return Response(body, status_code=exc.status, headers=headers, media_type="application/json")
 
     def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
-            raise ApiError(401, "Missing or wrong API key: send the header 'Authorization: Bearer <key>'.")
-
-    def post(path: str) -> Callable[[Request], Awaitable[Response]]:
-        schema, handler = POST_ENDPOINTS[path]
-        metrics = server.metrics
-        in_progress = metrics.in_progress.labels(path)
-
-        async def endpoint(request: Request) -> Response:
-            start, model, status = time.perf_counter(), "-", 200
-            in_progress.inc()
-            try:
-                authorize(request)
-                if int(request.headers.get("content-length") or 0) > config.max_request_bytes:
-                    raise ApiError(413, f"The body is larger than --max-request-bytes {config.max_request_bytes}.")
-                raw = await request.body()
-                if len(raw) > config.max_request_bytes:
-                    raise ApiError(413, f"The body is larger than --max-request-bytes {config.max_request_bytes}.")
-                try:
-                    body = schema.model_validate_json(raw)
-                except ValidationError as exc:
-                    raise _validation_error(exc) from None
-                model, tokens, payload = await handler(server, request, body)
-                metrics.tokens.labels(model, path).inc(tokens)
-                return FastJSONResponse(payload)
-            except ApiError as exc:
-                status = exc.status
-                return error(exc, path)
-            except Exception:
-                status = 500
-                logger.exception("st-serve: unexpected error on %s", path)
-                return error(ApiError(500, "Internal server error; see the server log."), path)
-            finally:
-                in_progress.dec()
-                metrics.requests.labels(model, path, str(status)).inc()
-                metrics.latency.labels(model, path).observe(time.perf_counter() - start)
-
-        return endpoint
+        check_api_key(api_key, request.headers.get("authorization", ""))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": sorted(server.models)})
@@ -395,17 +471,14 @@ def create_app(config: ServeConfig) -> Starlette:
         yield
         await run_in_threadpool(server.stop)
 
-    routes = [Route(path, post(path), methods=["POST"]) for path in POST_ENDPOINTS]
+    posts = {path: PostEndpoint(server, path, api_key) for path in POST_ENDPOINTS}
+    routes = [Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()]  # for path variants
     routes += [Route("/health", health), Route("/info", get_info), Route("/v1/models", list_models),
                Route("/metrics", metrics_endpoint)]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
-                             allow_headers=["Authorization", "Content-Type"])] if config.cors else []
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.server = server
-    return app
+    return ServeApp(server, posts, Starlette(routes=routes, lifespan=lifespan), config.cors)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ServeApp:
     """The app of a --workers process: its ServeConfig comes as JSON in $ST_SERVE_CONFIG (uvicorn factory)."""
     return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))
 

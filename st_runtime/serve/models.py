@@ -110,7 +110,7 @@ class ServedModel:
         refuse inputs longer than max_seq_length as TEI does."""
         kind, prompt, _ = key  # type: ignore[misc]
         texts = [(prompt + a, b) for a, b in inputs] if kind == "pairs" else [prompt + t for t in inputs]
-        lengths = self.model.tokenizer.tokenize(texts).lengths
+        lengths = self.model.tokenizer.token_counts(texts)
         limit = self.max_seq_length
         if options.get("truncate") is False and limit is not None:
             for index in np.flatnonzero(lengths >= limit):
