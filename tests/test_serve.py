@@ -403,61 +403,88 @@ def test_model_errors_are_500_without_traceback(folders, monkeypatch):
     json.loads(tei.text)
 
 
-def test_a_client_that_disconnects_loses_its_queued_work(folders, monkeypatch):
-    """Through the ASGI app itself: request B waits behind A (held in its graph run); B's client goes away; B's inputs
-    never reach the model and B's wait ends (499), while A is answered."""
+async def _asgi_post(app, path: str, payload: dict, gone: asyncio.Event | None = None) -> list[dict]:
+    """POST through the ASGI app itself; `gone` set: the client disconnects (else it never does)."""
+    body = json.dumps(payload).encode()
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"%d" % len(body))]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await (gone or asyncio.Event()).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.fixture
+def embed_app(folders, monkeypatch):
+    """The ASGI app on the tiny bi-encoder, its encode recording (texts, thread) per graph run, held while `gate` is
+    clear."""
     from st_runtime.serve import ModelConfig, ServeConfig, create_app
 
     app = create_app(ServeConfig(models=(ModelConfig("embed", str(folders["embed"])),), threads=1))
     served = app.server.models["embed"]
-    encode, gate, encoded = served.model.encode, threading.Event(), []
+    encode, gate, runs = served.model.encode, threading.Event(), []
+    gate.set()
 
-    def held_encode(texts, **kwargs):
-        encoded.extend(texts)
+    def recorded_encode(texts, **kwargs):
+        runs.append((list(texts), threading.current_thread().name))
         gate.wait(20)
         return encode(texts, **kwargs)
 
-    monkeypatch.setattr(served.model, "encode", held_encode)
+    monkeypatch.setattr(served.model, "encode", recorded_encode)
+    yield app, gate, runs
+    gate.set()
+    app.server.stop()
 
-    async def call(texts: list[str], gone: asyncio.Event | None) -> list[dict]:
-        body = json.dumps({"inputs": texts}).encode()
-        scope = {"type": "http", "method": "POST", "path": "/embed", "headers": [(b"content-length", b"%d" % len(body))]}
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        sent: list[dict] = []
 
-        async def receive() -> dict:
-            if messages:
-                return messages.pop()
-            if gone is None:
-                await asyncio.Event().wait()  # never disconnects (cancelled at the end)
-            await gone.wait()
-            return {"type": "http.disconnect"}
+def test_a_lone_short_request_runs_at_once_and_requests_arriving_together_share_batches(embed_app, direct):
+    app, _, runs = embed_app
 
-        async def send(message: dict) -> None:
-            sent.append(message)
+    async def go():
+        lone = await _asgi_post(app, "/embed", {"inputs": [TEXTS[0]], "normalize": False})
+        together = await asyncio.gather(*(_asgi_post(app, "/embed", {"inputs": [t], "normalize": False})
+                                          for t in TEXTS[1:9]))
+        return lone, together
 
-        await app(scope, receive, send)
-        return sent
+    lone, together = asyncio.run(go())
+    assert runs[0] == ([TEXTS[0]], threading.main_thread().name)  # on the event loop, past the queue
+    assert all(thread.startswith("st-serve-") for _, thread in runs[1:])  # the batcher's thread
+    assert len(runs) - 1 < 8, f"8 requests that arrived together ran in {len(runs) - 1} graph runs"
+    for text, sent in zip(TEXTS[:9], [lone, *together], strict=True):
+        assert sent[0]["status"] == 200
+        np.testing.assert_allclose(json.loads(sent[1]["body"]), direct["embed"].encode([text]), atol=ATOL)
+
+
+def test_a_client_that_disconnects_loses_its_queued_work(embed_app):
+    """Request B waits behind A (held in its graph run); B's client goes away; B's inputs never reach the model and B's
+    wait ends (499), while A is answered."""
+    app, gate, runs = embed_app
+    gate.clear()
 
     async def go() -> tuple[list[dict], list[dict]]:
-        a = asyncio.ensure_future(call(["held text"], None))
-        while not encoded:
+        a = asyncio.ensure_future(_asgi_post(app, "/embed", {"inputs": ["held 1", "held 2"]}))
+        while not runs:
             await asyncio.sleep(0.01)
         gone = asyncio.Event()
-        b = asyncio.ensure_future(call(["never run 1", "never run 2"], gone))
+        b = asyncio.ensure_future(_asgi_post(app, "/embed", {"inputs": ["never run 1", "never run 2"]}, gone))
         await asyncio.sleep(0.1)  # B is queued and listening for its client
         gone.set()
         b_sent = await asyncio.wait_for(b, 10)
         gate.set()
         return await asyncio.wait_for(a, 20), b_sent
 
-    try:
-        a_sent, b_sent = asyncio.run(go())
-    finally:
-        gate.set()
-        app.server.stop()
+    a_sent, b_sent = asyncio.run(go())
     assert a_sent[0]["status"] == 200 and b_sent[0]["status"] == 499
-    assert encoded == ["held text"] and served.batcher.queue_depth == 0
+    assert [texts for texts, _ in runs] == [["held 1", "held 2"]]
+    assert app.server.models["embed"].batcher.queue_depth == 0
 
 
 def test_serve_never_imports_torch(folders):

@@ -46,6 +46,7 @@ from st_runtime.similarity import l2_normalize
 logger = logging.getLogger("st_runtime.serve")
 CONFIG_ENV = "ST_SERVE_CONFIG"  # the JSON ServeConfig handed to --workers processes
 DISCONNECT_WATCH_AFTER = 0.02  # seconds a request waits before it listens for its client going away
+ALONE_MAX_CHARS = 512  # a lone request this short runs on the event loop (a query: a few ms of graph run)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Server:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config, self.metrics, self.started = config, Metrics(), int(time.time())
+        self.in_flight = 0  # POST requests received and not yet answered
         self.models: dict[str, ServedModel] = {}
         for spec in config.models:
             served = ServedModel(spec.name, spec.folder, variant=spec.variant, threads=config.threads,
@@ -137,10 +139,8 @@ class Server:
 
     async def run(self, receive: Receive, served: ServedModel, key: Hashable, items: list[Any],
                   options: dict[str, Any] | None = None) -> tuple[list[Any], int]:
-        """Queue inputs on the model's batcher and wait; drop them if the client goes away first.
-
-        A request still waiting after DISCONNECT_WATCH_AFTER seconds starts listening for its client's disconnect (a
-        quick request never pays for the listener).
+        """Run a request's inputs: queued on the model's batcher (dropped if the client goes away first), or, for a
+        lone short request on an idle server, at once on the event loop (`_alone`).
 
         Returns:
             (one result per input, input tokens)
@@ -148,6 +148,35 @@ class Server:
         if len(items) > self.config.max_client_batch_size:
             raise ApiError(413, f"{len(items)} inputs in one request, more than --max-client-batch-size "
                                 f"{self.config.max_client_batch_size}; split the request.", param="input")
+        try:
+            if self._alone(served, items):
+                await asyncio.sleep(0)  # requests that arrived with this one start first, and are seen
+                if self._alone(served, items):
+                    return served.batcher.run_now(key, items, options)
+            return await self._queued(receive, served, key, items, options)
+        except RequestTooLargeError as exc:
+            raise ApiError(413, f"Request too large: {exc}.", param="input") from None
+        except InvalidInputError as exc:
+            raise ApiError(422, str(exc), param="input") from None
+        except (ApiError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ApiError(500, f"Model {served.name!r} failed on this request ({type(exc).__name__}); see the "
+                                "server log.") from None
+
+    def _alone(self, served: ServedModel, items: list[Any]) -> bool:
+        """One short input, no other request in the server, nothing queued or running: no request could share its
+        batch, and running it on the event loop saves the two thread hand-offs (0.2-0.3 ms; docs/perf/serve.md) while
+        holding the loop for one short graph run at most."""
+        if len(items) != 1 or self.in_flight != 1 or not served.batcher.idle:
+            return False
+        item = items[0]
+        return (len(item) if isinstance(item, str) else sum(len(text) for text in item)) <= ALONE_MAX_CHARS
+
+    async def _queued(self, receive: Receive, served: ServedModel, key: Hashable, items: list[Any],
+                      options: dict[str, Any] | None) -> tuple[list[Any], int]:
+        """Queue on the batcher and wait. A request still waiting after DISCONNECT_WATCH_AFTER seconds starts listening
+        for its client's disconnect (a quick request never pays for the listener)."""
         try:
             job = served.batcher.submit(key, items, options)
         except QueueFullError as exc:
@@ -165,13 +194,6 @@ class Server:
                 raise ApiError(499, "client closed the request") from None
             served.batcher.drop(job)  # the request itself was cancelled (server shutdown)
             raise
-        except RequestTooLargeError as exc:
-            raise ApiError(413, f"Request too large: {exc}.", param="input") from None
-        except InvalidInputError as exc:
-            raise ApiError(422, str(exc), param="input") from None
-        except Exception as exc:
-            raise ApiError(500, f"Model {served.name!r} failed on this request ({type(exc).__name__}); see the "
-                                "server log.") from None
         finally:
             timer.cancel()
             if watch:
@@ -341,6 +363,7 @@ class PostEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start, model, status, tokens = time.perf_counter(), "-", 200, 0
         self.in_progress.inc()
+        self.server.in_flight += 1
         try:
             try:
                 headers = dict(scope["headers"])
@@ -363,6 +386,7 @@ class PostEndpoint:
                 *((k.lower().encode(), v.encode()) for k, v in extra.items())]})
             await send({"type": "http.response.body", "body": answer})
         finally:
+            self.server.in_flight -= 1
             self.in_progress.dec()
             self._count(model, status, tokens, time.perf_counter() - start)
 

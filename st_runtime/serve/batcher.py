@@ -2,8 +2,9 @@
 into length-sorted batches under a token and a size budget, runs them off the event loop and hands each request
 its own results back.
 
-The event loop only enqueues (`submit`) and awaits an asyncio future; the worker thread counts tokens, packs,
-runs the model and resolves the futures with `loop.call_soon_threadsafe`.
+The event loop enqueues (`submit`) and awaits an asyncio future; the worker thread counts tokens, packs, runs the
+model and resolves the futures with `loop.call_soon_threadsafe`. `run_now` is the one path past the queue: a lone
+request on an idle batcher, run by the caller (st-serve's app decides when).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Batcher:
         self._pending: list[Job] = []
         self._queued = 0  # inputs not yet taken into a batch, over all pending jobs
         self._cond = threading.Condition()
+        self._busy = False  # the worker is forming or running a batch
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name=f"st-serve-{name}", daemon=True)
         self._thread.start()
@@ -90,6 +92,32 @@ class Batcher:
     def queue_depth(self) -> int:
         """Inputs waiting for a batch."""
         return self._queued
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch forming or running."""
+        return not self._pending and not self._busy
+
+    def run_now(self, key: Hashable, items: Sequence[Any], options: dict[str, Any] | None = None) -> tuple[list[Any], int]:
+        """Count and run one request's inputs on the calling thread, past the queue: for a lone request on an idle
+        batcher, which no other request could share a batch with (st-serve's path at concurrency 1).
+
+        Returns:
+            (one result per input, input tokens)
+
+        Raises:
+            RequestTooLargeError, InvalidInputError: as a queued job would fail; any error of the model.
+        """
+        lengths = np.asarray(self._count(key, items, options or {}), dtype=np.int64)
+        self._check_request_tokens(lengths)
+        start = time.perf_counter()
+        try:
+            outputs = list(self._run(key, list(items)))
+        except Exception:
+            logger.exception("st-serve model %r failed on a request of %d inputs", self.name, len(items))
+            raise
+        self._on_batch(len(items), len(items) * int(lengths.max(initial=0)), time.perf_counter() - start)
+        return outputs, int(lengths.sum())
 
     def submit(self, key: Hashable, items: Sequence[Any], options: dict[str, Any] | None = None) -> Job:
         """Queue a request's inputs (call from the event loop); await `job.future`.
@@ -142,22 +170,22 @@ class Batcher:
                     return  # stopping, and nothing left
                 key = self._pending[0].key
                 group = [job for job in self._pending if job.key == key]
+                self._busy = True
             try:
                 self._step(key, group)
             except Exception:  # a bug here must not end the thread and strand every later request
                 logger.exception("st-serve batcher for %r failed", self.name)
                 for job in group:
                     self._fail(job, RuntimeError("internal batching error"))
+            finally:
+                self._busy = False
 
     def _step(self, key: Hashable, group: list[Job]) -> None:
         for job in group:
             if job.lengths is None and not job.dropped:
                 try:
                     job.lengths = np.asarray(self._count(key, job.items, job.options), dtype=np.int64)
-                    limit = self.limits.max_input_tokens
-                    if limit is not None and int(job.lengths.sum()) > limit:
-                        raise RequestTooLargeError(f"the request has {int(job.lengths.sum())} tokens, more than "
-                                                   f"--max-input-tokens {limit}. Send fewer or shorter inputs.")
+                    self._check_request_tokens(job.lengths)
                 except Exception as exc:
                     self._fail(job, exc)
         units: list[tuple[Job, int]] = []  # (job, input index): a pool of at most max_batch_size inputs, oldest first
@@ -197,6 +225,12 @@ class Batcher:
                 job.finished += 1
                 if job.finished == len(job.items):
                     _resolve(job, (job.results, int(job.lengths.sum())), None)
+
+    def _check_request_tokens(self, lengths: np.ndarray) -> None:
+        limit = self.limits.max_input_tokens
+        if limit is not None and int(lengths.sum()) > limit:
+            raise RequestTooLargeError(f"the request has {int(lengths.sum())} tokens, more than --max-input-tokens "
+                                       f"{limit}. Send fewer or shorter inputs.")
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         self.drop(job)
