@@ -164,11 +164,11 @@ def run_async(coroutine: Any) -> Any:
     return uvloop.run(coroutine)
 
 
-def direct_latency(folder: str, threads: int, texts: list[str], n: int = 200) -> float:
+def direct_latency(folder: str, threads: int, texts: list[str], n: int = 200, variant: str | None = None) -> float:
     """p50 ms of st_runtime encode on one text, in this process: the floor a server adds its overhead to."""
     import st_runtime
 
-    model = st_runtime.SentenceTransformer(folder, intra_op_num_threads=threads)
+    model = st_runtime.SentenceTransformer(folder, intra_op_num_threads=threads, variant=variant)
     model.encode(texts[:1])
     times = []
     for i in range(n):
@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                 for concurrency in args.concurrency:
                     cell = run_async(load(url, "m", texts, concurrency, args.max_requests, args.max_seconds, path))
                     cell = {"server": server, "workload": workload, "concurrency": concurrency, **cell}
+                    if concurrency == 1 and server.startswith("st-serve"):  # its direct encode right after (drift)
+                        variant = server.partition(" (")[2].rstrip(")") or None
+                        cell["direct_p50_ms"] = direct_latency(args.folder, args.threads, texts, variant=variant)
                     results["cells"].append(cell)
                     print(json.dumps(cell), flush=True)
         finally:
@@ -247,13 +250,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(results: dict[str, Any]) -> str:
     """The cells as a markdown table, workload and concurrency first."""
-    lines = ["| workload | concurrency | server | requests | req/s | p50 ms | p95 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | concurrency | server | requests | req/s | p50 ms | p95 ms | p99 ms | direct encode p50 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     cells = sorted((c for c in results["cells"] if "error" not in c),
                    key=lambda c: (c["workload"] != "queries", c["concurrency"]))
     for c in cells:
+        direct = f"{c['direct_p50_ms']:.2f}" if "direct_p50_ms" in c else ""
         lines.append(f"| {c['workload']} | {c['concurrency']} | {c['server']} | {c['requests']} | {c['req_per_s']} | "
-                     f"{c['p50_ms']:.1f} | {c['p95_ms']:.1f} | {c['p99_ms']:.1f} |")
+                     f"{c['p50_ms']:.1f} | {c['p95_ms']:.1f} | {c['p99_ms']:.1f} | {direct} |")
     return "\n".join(lines)
 
 
