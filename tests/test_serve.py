@@ -452,13 +452,15 @@ def test_a_lone_short_request_runs_at_once_and_requests_arriving_together_share_
         lone = await _asgi_post(app, "/embed", {"inputs": [TEXTS[0]], "normalize": False})
         together = await asyncio.gather(*(_asgi_post(app, "/embed", {"inputs": [t], "normalize": False})
                                           for t in TEXTS[1:9]))
-        return lone, together
+        after = await _asgi_post(app, "/embed", {"inputs": [TEXTS[9]], "normalize": False})
+        return lone, together, after
 
-    lone, together = asyncio.run(go())
+    lone, together, after = asyncio.run(go())
     assert runs[0] == ([TEXTS[0]], threading.main_thread().name)  # on the event loop, past the queue
-    assert all(thread.startswith("st-serve-") for _, thread in runs[1:])  # the batcher's thread
-    assert len(runs) - 1 < 8, f"8 requests that arrived together ran in {len(runs) - 1} graph runs"
-    for text, sent in zip(TEXTS[:9], [lone, *together], strict=True):
+    assert all(thread.startswith("st-serve-") for _, thread in runs[1:])  # the batcher's thread, also for `after`:
+    assert runs[-1][0] == [TEXTS[9]]  # concurrent traffic a moment ago, so it takes the queue
+    assert len(runs) - 2 < 8, f"8 requests that arrived together ran in {len(runs) - 2} graph runs"
+    for text, sent in zip(TEXTS[:10], [lone, *together, after], strict=True):
         assert sent[0]["status"] == 200
         np.testing.assert_allclose(json.loads(sent[1]["body"]), direct["embed"].encode([text]), atol=ATOL)
 
