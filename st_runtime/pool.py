@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from st_runtime.base import check_positive_int, length_sorted_batches
 from st_runtime.errors import StRuntimeError
-from st_runtime.long_texts import LongTextCutter
 from st_runtime.machine import available_cores
-from st_runtime.manifest import Manifest, folder_file, load_manifest
+from st_runtime.manifest import Manifest, load_manifest
+from st_runtime.tokenizer import TextTokenizer
 
 logger = logging.getLogger("st_runtime")
 
@@ -46,7 +45,8 @@ def route_tokenizer_spec(manifest: Manifest, task: str | None) -> Any:
 
 class TokenCounter:
     """Counts the tokens each text takes in the graph (special tokens included, truncated at max_seq_length), with
-    the model's tokenizer.json; used to cut batches by token count.
+    the route's tokenizer as the runtime configures it (`TextTokenizer.token_counts`); used to cut batches by token
+    count.
 
     Args:
         folder: the exported folder.
@@ -58,29 +58,13 @@ class TokenCounter:
     def __init__(self, folder: str | Path, manifest: Manifest | None = None, *, task: str | None = None,
                  max_seq_length: int | None = None) -> None:
         manifest = manifest if manifest is not None else load_manifest(folder)
-        spec = route_tokenizer_spec(manifest, task)
-        self._tokenizer = Tokenizer.from_file(str(folder_file(folder, spec.file, entry="tokenizer.file")))
-        self._tokenizer.no_padding()
-        self.max_length = max_seq_length if max_seq_length is not None else spec.max_seq_length
-        self._direction = spec.truncation_side
-        self._tokenizer.no_truncation()
-        if self.max_length is not None:
-            self._tokenizer.enable_truncation(max_length=self.max_length, strategy="longest_first",
-                                              direction=self._direction)
-        self._cutter = LongTextCutter(self._tokenizer)
+        self._tokenizer = TextTokenizer(folder, route_tokenizer_spec(manifest, task))
+        if max_seq_length is not None:
+            self._tokenizer.set_max_seq_length(max_seq_length)
 
     def count(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) int64 token counts."""
-        if not texts:
-            return np.zeros(0, dtype=np.int64)
-        counts = np.zeros(len(texts), dtype=np.int64)
-        for start in range(0, len(texts), 2048):  # slices: the encodings of a whole shard would take much memory
-            piece = list(texts[start : start + 2048])
-            if self.max_length is not None:
-                piece = self._cutter.cut(piece, self.max_length, self._direction)
-            encodings = self._tokenizer.encode_batch(piece, add_special_tokens=True)
-            counts[start : start + len(piece)] = [len(e.ids) for e in encodings]
-        return counts
+        return self._tokenizer.token_counts(texts)
 
 
 def token_budget_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int) -> list[np.ndarray]:
