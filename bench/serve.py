@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,18 @@ DOCUMENT = ("The history of the city begins with a small fishing village on the 
 def documents(n: int = 16) -> list[str]:
     """Paragraphs of roughly 200 tokens, each a little different."""
     return [f"Chapter {i}. " + DOCUMENT * 4 + f"It is known for its {i}th bridge." for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server to measure: which kind (--servers), how to start it, where it answers."""
+
+    kind: str  # "st-serve", "naive" or "infinity"
+    command: list[str]
+    port: int
+    path: str  # the embeddings endpoint
+    env: dict[str, str] = field(default_factory=dict)
+    variant: str | None = None  # st-serve's --variant
 
 
 def free_port() -> int:
@@ -198,34 +211,36 @@ def main(argv: list[str] | None = None) -> int:
     workloads = {name: texts for name, texts in (("queries", QUERIES), ("documents", documents()))
                  if name in args.workloads}
     python = sys.executable
-    servers: dict[str, tuple[list[str], str, str, dict[str, str]]] = {}
+    servers: dict[str, ServerSpec] = {}  # by row label
     for variant in args.variants or [None]:
         port = free_port()
-        servers["st-serve" if variant is None else f"st-serve ({variant})"] = (
-            [python, "-m", "st_runtime.serve.cli", args.folder, "--name", "m", "--port", str(port), "--threads",
-             str(args.threads), "--log-level", "warning", *(["--variant", variant] if variant else []),
-             *args.serve_args.split()], f"http://127.0.0.1:{port}", "/v1/embeddings", {})
+        servers["st-serve" if variant is None else f"st-serve ({variant})"] = ServerSpec(
+            "st-serve", [python, "-m", "st_runtime.serve.cli", args.folder, "--name", "m", "--port", str(port),
+                         "--threads", str(args.threads), "--log-level", "warning",
+                         *(["--variant", variant] if variant else []), *args.serve_args.split()],
+            port, "/v1/embeddings", variant=variant)
     if args.source:
         port = free_port()
-        servers["naive"] = ([python, "-m", "bench.naive_server", args.source, "--port", str(port), "--threads",
-                             str(args.threads)], f"http://127.0.0.1:{port}", "/v1/embeddings", {})
+        servers["naive"] = ServerSpec("naive", [python, "-m", "bench.naive_server", args.source, "--port", str(port),
+                                                "--threads", str(args.threads)], port, "/v1/embeddings")
     if args.infinity and args.source:
         port = free_port()
-        servers["infinity"] = ([str(Path(args.infinity) / "infinity_emb"), "v2", "--model-id", args.source,
-                                "--served-model-name", "m", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
-                                "--engine", "torch", "--no-model-warmup"], f"http://127.0.0.1:{port}", "/embeddings",
-                               {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-                                "INFINITY_ANONYMOUS_USAGE_STATS": "0"})
+        servers["infinity"] = ServerSpec(
+            "infinity", [str(Path(args.infinity) / "infinity_emb"), "v2", "--model-id", args.source,
+                         "--served-model-name", "m", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
+                         "--engine", "torch", "--no-model-warmup"], port, "/embeddings",
+            env={"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"})
     results: dict[str, Any] = {"threads": args.threads, "serve_args": args.serve_args, "variants": args.variants,
                                "direct_p50_ms": {}, "cells": []}
     for name, texts in workloads.items():
         results["direct_p50_ms"][name] = direct_latency(args.folder, args.threads, texts)
         print(f"direct st_runtime encode, {name}: p50 {results['direct_p50_ms'][name]} ms", flush=True)
-    for server, (command, url, path, env) in servers.items():
-        if server.split(" (")[0] not in args.servers:
+    for server, spec in servers.items():
+        if spec.kind not in args.servers:
             continue
+        url = f"http://127.0.0.1:{spec.port}"
         try:
-            proc = start(command, int(url.rsplit(":", 1)[1]), env=env)
+            proc = start(spec.command, spec.port, env=spec.env)
         except (RuntimeError, OSError) as exc:
             print(f"{server}: not measured ({exc})", flush=True)
             results["cells"].append({"server": server, "error": str(exc)})
@@ -233,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for workload, texts in workloads.items():
                 for concurrency in args.concurrency:
-                    cell = run_async(load(url, "m", texts, concurrency, args.max_requests, args.max_seconds, path))
+                    cell = run_async(load(url, "m", texts, concurrency, args.max_requests, args.max_seconds,
+                                          spec.path))
                     cell = {"server": server, "workload": workload, "concurrency": concurrency, **cell}
-                    if concurrency == 1 and server.startswith("st-serve"):  # its direct encode right after (drift)
-                        variant = server.partition(" (")[2].rstrip(")") or None
-                        cell["direct_p50_ms"] = direct_latency(args.folder, args.threads, texts, variant=variant)
+                    if concurrency == 1 and spec.kind == "st-serve":  # its direct encode right after (drift)
+                        cell["direct_p50_ms"] = direct_latency(args.folder, args.threads, texts, variant=spec.variant)
                     results["cells"].append(cell)
                     print(json.dumps(cell), flush=True)
         finally:

@@ -161,7 +161,7 @@ class Server:
             raise ApiError(413, f"Request too large: {exc}.", param="input") from None
         except InvalidInputError as exc:
             raise ApiError(422, str(exc), param="input") from None
-        except (ApiError, asyncio.CancelledError):
+        except ApiError:
             raise
         except Exception as exc:
             raise ApiError(500, f"Model {served.name!r} failed on this request ({type(exc).__name__}); see the "
@@ -397,12 +397,11 @@ class PostEndpoint:
         finally:
             self.server.in_flight -= 1
             self.in_progress.dec()
-            self._count(model, status, tokens, time.perf_counter() - start)
+            self._observe(model, status, tokens, time.perf_counter() - start)
 
     async def _body(self, receive: Receive, content_length: bytes | None) -> bytes:
-        too_large = ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.")
         if content_length is not None and content_length.isdigit() and int(content_length) > self.max_bytes:
-            raise too_large
+            raise self._too_large()
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -411,12 +410,15 @@ class PostEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    def _count(self, model: str, status: int, tokens: int, seconds: float) -> None:
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.")
+
+    def _observe(self, model: str, status: int, tokens: int, seconds: float) -> None:
         children = self._counted.get((model, status))
         if children is None:
             metrics = self.server.metrics
