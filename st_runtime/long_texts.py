@@ -29,8 +29,10 @@ byte-level BPE over the whole text) is never cut: its texts are tokenized whole,
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,22 +69,32 @@ class CutRule:
     left: re.Pattern[str] | None
 
 
-def cut_rule(config: dict[str, Any]) -> CutRule:
-    """The boundaries of a tokenizer.json (parsed), or a rule that never cuts when no boundary is known to be safe."""
+def cut_rule(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> CutRule:
+    """The boundaries of a tokenizer.json (parsed), or a rule that never cuts when no boundary is known to be safe.
+
+    Given the `tokenizer` itself, the rule also holds the boundaries that are checked on it: Unicode whitespace and
+    punctuation for BERT's pre-tokenizer, punctuation after a letter for the regex pre-tokenizers of byte-level BPE,
+    and spaces for SentencePiece-style BPE without a pre-tokenizer (Llama, Mistral) when no token of its vocabulary
+    joins a word to the space after it.
+    """
     never = CutRule(None, None)
     model = config.get("model") or {}
     if model.get("type") not in _PER_WORD_MODELS or model.get("dropout"):
         return never
     pre_steps = _steps(config.get("pre_tokenizer"), "pretokenizers")
+    if _sentencepiece_bpe(config, pre_steps):
+        return _sentencepiece_rule(config, tokenizer) if tokenizer is not None else never
     if not pre_steps or not _splits_at_spaces(pre_steps[0]):
         return never
     if any(step.get("type") not in _PER_SPLIT_PRE_TOKENIZERS for step in pre_steps[1:]):
         return never
     excluded: set[str] = set()
     directions = {"right", "left"}
+    kinds = set()
     precompiled = chinese_chars = False
     for step in _steps(config.get("normalizer"), "normalizers"):
         kind = step.get("type")
+        kinds.add(kind)
         if kind in ("Strip", "Prepend"):  # changes only the ends of the text: the kept start (right cuts) is unchanged
             directions.discard("left")
         elif kind == "Replace":
@@ -103,8 +115,10 @@ def cut_rule(config: dict[str, Any]) -> CutRule:
 
     if pre_steps[0].get("type") == "BertPreTokenizer" and not precompiled:
         # BertPreTokenizer drops whitespace and isolates punctuation: a cut before either is a boundary, whatever
-        # precedes it; BertNormalizer isolates CJK ideographs too.
-        chars = "".join(c for c in BERT_WHITESPACE + ASCII_PUNCTUATION if c not in excluded)
+        # precedes it; BertNormalizer isolates CJK ideographs too. Unicode whitespace and punctuation count when this
+        # tokenizer's normalizer and pre-tokenizer are seen to isolate them (tokenizers' Unicode tables decide).
+        unicode = _isolated_chars(tokenizer) if tokenizer is not None else ""
+        chars = "".join(sorted({c for c in BERT_WHITESPACE + ASCII_PUNCTUATION + unicode if c not in excluded}))
         ranges = ""
         if chinese_chars and not any(token.get("single_word") for token in added):
             ranges = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in CJK_RANGES)
@@ -118,8 +132,120 @@ def cut_rule(config: dict[str, Any]) -> CutRule:
     # whitespace runs as tokens, so other whitespace is no boundary for them.
     if any(token.get("rstrip") for token in added):
         directions.discard("left")  # an added token before the cut would swallow the space the kept part starts with
-    pattern = re.compile(_WORD_BEFORE + (_NO_PREPEND_BEFORE if precompiled else "") + " ")
+    alternatives = [_WORD_BEFORE + (_NO_PREPEND_BEFORE if precompiled else "") + " "]
+    if tokenizer is not None and _regex_pre_tokenizer(pre_steps[0]) and kinds <= {"NFC", "NFKC"}:
+        # A regex pre-tokenizer ends a run of letters at the first character that is no letter: punctuation or a
+        # symbol after a letter is a boundary (CJK, Thai or any text without spaces but with punctuation). Only
+        # letters and characters that no normalizer changes, and only those this tokenizer is seen to split at.
+        chars = "".join(c for c in _split_after_letter_chars(tokenizer) if c not in excluded)
+        if chars:
+            alternatives.append(f"(?<=[{_stable_letters()}])[{re.escape(chars)}]")
+            if any(step.get("add_prefix_space") for step in pre_steps):
+                directions.discard("left")  # a kept end that starts with punctuation would gain a space
+                right = re.compile("|".join(alternatives))
+                left = re.compile(alternatives[0])
+                return CutRule(right=right if "right" in directions else None,
+                               left=left if "left" in directions else None)
+    pattern = re.compile("|".join(alternatives))
     return CutRule(right=pattern if "right" in directions else None, left=pattern if "left" in directions else None)
+
+
+# The pre-tokenizer regexes of Qwen2/Qwen3 and of Llama 3 (Split, then ByteLevel without its own regex): runs of letters,
+# single (or up to three) digits, punctuation runs, whitespace runs, as GPT-2's.
+KNOWN_SPLIT_REGEXES = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+",
+}
+
+
+def _regex_pre_tokenizer(step: dict[str, Any]) -> bool:
+    kind = step.get("type")
+    if kind == "ByteLevel":
+        return bool(step.get("use_regex", True))
+    if kind == "Split":
+        return _known_split(step)
+    return kind == "Whitespace"
+
+
+def _known_split(step: dict[str, Any]) -> bool:
+    return (step.get("pattern") or {}).get("Regex") in KNOWN_SPLIT_REGEXES and step.get("behavior") == "Isolated" \
+        and not step.get("invert")
+
+
+def _sentencepiece_bpe(config: dict[str, Any], pre_steps: list[dict[str, Any]]) -> bool:
+    """A BPE over whole texts whose spaces become "▁" (Llama, Mistral): no pre-tokenizer and a normalizer that
+    replaces " " (or a Metaspace that does not split)."""
+    if (config.get("model") or {}).get("type") != "BPE":
+        return False
+    if not pre_steps:
+        steps = _steps(config.get("normalizer"), "normalizers")
+        replaces = [s for s in steps if s.get("type") == "Replace"]
+        return bool(replaces) and all(s.get("type") in ("Prepend", "Replace") for s in steps) and all(
+            (s.get("pattern") or {}).get("String") == " " and s.get("content") == SPIECE for s in replaces)
+    return len(pre_steps) == 1 and pre_steps[0].get("type") == "Metaspace" and not pre_steps[0].get("split", True) \
+        and pre_steps[0].get("replacement") == SPIECE and config.get("normalizer") is None
+
+
+SPIECE = "\u2581"  # SentencePiece's word-start mark "▁"
+
+
+def _sentencepiece_rule(config: dict[str, Any], tokenizer: Tokenizer) -> CutRule:
+    """A space after a character that is no space is a cut no merge can cross, when no token of the vocabulary holds
+    "▁" after another character (runs of "▁" are allowed): BPE merges only into tokens of its vocabulary. Right cuts
+    only: the "▁" prepended to a text's start would join a kept end."""
+    for token in config.get("added_tokens") or []:
+        if " " in token.get("content", "") or SPIECE in token.get("content", ""):
+            return CutRule(None, None)
+    for token in tokenizer.get_vocab():
+        at = token.find(SPIECE, 1)
+        while at > 0:
+            if token[at - 1] != SPIECE:
+                return CutRule(None, None)
+            at = token.find(SPIECE, at + 1)
+    return CutRule(right=re.compile(f"(?<=[^ {SPIECE}]) "), left=None)
+
+
+def _probe_splits(tokenizer: Tokenizer, text: str) -> bool:
+    """Whether `tokenizer`'s normalizer and pre-tokenizer make "a" (the start of `text`) a pre-token of its own."""
+    normalized = tokenizer.normalizer.normalize_str(text) if tokenizer.normalizer is not None else text
+    pieces = tokenizer.pre_tokenizer.pre_tokenize_str(normalized) if tokenizer.pre_tokenizer is not None else []
+    return len(pieces) >= 2 and pieces[0][0] == "a"
+
+
+def _isolated_chars(tokenizer: Tokenizer) -> str:
+    """Unicode whitespace and punctuation (of the Basic Multilingual Plane) that this BERT-style tokenizer splits at:
+    "a" + c + "a" pre-tokenizes to "a" first, and BertPreTokenizer decides per character."""
+    return "".join(c for c in _unicode_candidates("Zs") + _unicode_candidates("P") + "\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+                   if _probe_splits(tokenizer, "a" + c + "a"))
+
+
+def _split_after_letter_chars(tokenizer: Tokenizer) -> str:
+    """Punctuation and symbols, unchanged by NFKC, that end a run of letters in this tokenizer's pre-tokenizer."""
+    return "".join(c for c in _unicode_candidates("P") + _unicode_candidates("S")
+                   if unicodedata.normalize("NFKC", c) == c and _probe_splits(tokenizer, "a" + c + "a"))
+
+
+@functools.lru_cache(maxsize=8)
+def _unicode_candidates(category: str) -> str:
+    """The characters of the Basic Multilingual Plane whose general category starts with `category`."""
+    return "".join(chr(i) for i in range(0x80, 0x10000) if unicodedata.category(chr(i)).startswith(category))
+
+
+@functools.lru_cache(maxsize=1)
+def _stable_letters() -> str:
+    """A regex class of the letters of the Basic Multilingual Plane that NFC and NFKC leave as they are (a letter
+    that a normalizer turns into a letter and a combining mark would join the punctuation after it)."""
+    stable = [i for i in range(0x10000) if chr(i).isalpha() and unicodedata.normalize("NFKC", chr(i)) == chr(i)
+              and unicodedata.normalize("NFC", chr(i)) == chr(i)]
+    ranges = []
+    start = previous = stable[0]
+    for i in [*stable[1:], -1]:
+        if i != previous + 1:
+            ranges.append(re.escape(chr(start)) + ("" if start == previous else "-" + re.escape(chr(previous))))
+            start = i
+        previous = i
+    return "".join(ranges)
 
 
 def tokenizer_config(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -153,6 +279,8 @@ def _splits_at_spaces(step: dict[str, Any]) -> bool:
         return bool(step.get("use_regex", True))  # the GPT-2 regex: no match has whitespace after a non-space
     if kind == "Metaspace":
         return bool(step.get("split", True))
+    if kind == "Split":
+        return _known_split(step)
     return kind in _SPLITTING_PRE_TOKENIZERS
 
 
@@ -164,10 +292,17 @@ class LongTextCutter:
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self.rule = cut_rule(tokenizer_config(tokenizer))
         self._tokenizer = tokenizer
+        self._rule: CutRule | None = None  # read on the first long text (the Unicode checks take tens of ms)
         self._counter: Tokenizer | None = None  # counts tokens (no truncation, no padding); made on first use
         self._pair_specials = tokenizer.num_special_tokens_to_add(is_pair=True)
+
+    @property
+    def rule(self) -> CutRule:
+        """Where this tokenizer's texts may be cut."""
+        if self._rule is None:  # two threads may both read it: harmless, they are equal
+            self._rule = cut_rule(tokenizer_config(self._tokenizer), self._tokenizer)
+        return self._rule
 
     @property
     def counter(self) -> Tokenizer:
@@ -187,13 +322,15 @@ class LongTextCutter:
             max_length: the truncation length in tokens (special tokens included).
             direction: the truncation side, "right" (keep the start) or "left" (keep the end).
         """
-        boundary = self.rule.right if direction == "right" else self.rule.left
         budget = first_budget(max_length)
-        if boundary is None or max_length < 1 or not texts:
+        if max_length < 1 or not texts:
             return texts
         single = isinstance(texts[0], str)
         if all(len(text) <= budget for text in texts) if single else all(
                 len(a) <= budget and len(b) <= budget for a, b in texts):
+            return texts
+        boundary = self.rule.right if direction == "right" else self.rule.left
+        if boundary is None:
             return texts
         cut = _Cut(self.counter, boundary, keep_start=direction == "right", budget=budget)
         if single:
@@ -207,6 +344,15 @@ class _Cut:
 
     def __init__(self, counter: Tokenizer, boundary: re.Pattern[str], *, keep_start: bool, budget: int) -> None:
         self.counter, self.boundary, self.keep_start, self.budget = counter, boundary, keep_start, budget
+        self._kept: dict[tuple[str, int], str] = {}  # one long query in many pairs is cut once
+
+    def keep(self, text: str, tokens: int) -> str:
+        """`text` cut so that it keeps at least `tokens` tokens (or all of it), drawn in to the boundary nearest to
+        the last of those tokens."""
+        key = (text, tokens)
+        if key not in self._kept:
+            self._kept[key] = self._keep(text, tokens)
+        return self._kept[key]
 
     def count(self, text: str) -> int:
         encode = getattr(self.counter, "encode_batch_fast", self.counter.encode_batch)  # fast: tokenizers >= 0.21
@@ -223,9 +369,7 @@ class _Cut:
         cut = _boundary_before(text, self.boundary, len(text) - size)
         return text if cut is None else text[cut:]
 
-    def keep(self, text: str, tokens: int) -> str:
-        """`text` cut so that it keeps at least `tokens` tokens (or all of it), drawn in to the boundary nearest to
-        the last of those tokens."""
+    def _keep(self, text: str, tokens: int) -> str:
         size = self.budget
         while size < len(text):
             part = self.part(text, size)

@@ -12,8 +12,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from st_runtime.errors import ModelFileError
-from st_runtime.long_texts import LongTextCutter
+from st_runtime.long_texts import LongTextCutter, first_budget
 from st_runtime.manifest import TokenizerSpec, folder_file
+from st_runtime.truncation import Templates, encode_truncated
 
 Feeds = dict[str, np.ndarray]
 TOKENIZE_PIECE = 4096  # texts per tokenizers call in `TextTokenizer.tokenize`
@@ -67,6 +68,7 @@ class TextTokenizer:
             )
         self._prompt_lengths: dict[str, int] = {}
         self._cutter = LongTextCutter(self._tokenizer)  # long texts cut before tokenizing, same tokens
+        self._templates: Templates | bool | None = False  # read on the first long text (False: not yet)
 
     @property
     def max_seq_length(self) -> int | None:
@@ -108,14 +110,41 @@ class TextTokenizer:
         return _joined(counts, np.int64)
 
     def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> Iterator[list[Any]]:
-        """`tokenizers` encodings of TOKENIZE_PIECE texts at a time, truncated (long texts cut first: same tokens)."""
+        """Encodings (`.ids`, `.type_ids`, `len`) of TOKENIZE_PIECE texts at a time, truncated. Long texts are cut
+        first (same tokens), and those still long after the cut are truncated on their ids (`st_runtime.truncation`:
+        linear cost, where `tokenizers` is quadratic on a long pair)."""
         tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
         truncation = tokenizer.truncation
         for start in range(0, len(texts), TOKENIZE_PIECE):
             piece = list(texts[start : start + TOKENIZE_PIECE])
-            if truncation is not None and not truncation["stride"]:
-                piece = self._cutter.cut(piece, truncation["max_length"], truncation["direction"])
-            yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)  # no character offsets
+            if truncation is None or truncation["stride"]:
+                yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)  # no character offsets
+                continue
+            max_length, direction = truncation["max_length"], truncation["direction"]
+            piece = self._cutter.cut(piece, max_length, direction)
+            budget = first_budget(max_length)
+            long = [i for i, item in enumerate(piece) if _longest_side(item) > budget]
+            templates = self._long_templates() if long else None
+            if templates is None:
+                yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)
+                continue
+            short = [i for i, item in enumerate(piece) if _longest_side(item) <= budget]
+            encodings: list[Any] = [None] * len(piece)
+            for i, encoding in zip(short, tokenizer.encode_batch_fast([piece[i] for i in short],
+                                                                        add_special_tokens=True), strict=True):
+                encodings[i] = encoding
+            truncated = encode_truncated(self._cutter.counter, templates, [piece[i] for i in long], max_length,
+                                         direction)
+            for i, encoding in zip(long, truncated, strict=True):
+                encodings[i] = encoding
+            yield encodings
+
+    def _long_templates(self) -> Templates | None:
+        """The special-token templates for truncating long texts on their ids (None: this tokenizer's post-processor
+        has none, and `tokenizers` truncates them)."""
+        if self._templates is False:  # two threads may both read them: harmless, they are equal
+            self._templates = Templates.of(self._cutter.counter)
+        return self._templates  # type: ignore[return-value]
 
     def prompt_length(self, prompt: str) -> int:
         """Number of leading tokens a prompt occupies, as sentence-transformers counts them.
@@ -129,6 +158,10 @@ class TextTokenizer:
                 length -= 1
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+
+def _longest_side(item: str | tuple[str, str]) -> int:
+    return len(item) if isinstance(item, str) else max(len(item[0]), len(item[1]))
 
 
 def _joined(pieces: list[np.ndarray], dtype: type) -> np.ndarray:

@@ -35,6 +35,17 @@ PIECES = [
     "<mask>", "<s>", "</s>", "<pad>", "<unk>", "😊", "👩‍👩‍👧", "हिन्दी", "ﬁ", "İstanbul", "ΣΊΣΥΦΟΣ", "\x00", "\ufffd",
     "\u200b", "Ⅻ", "１２３", "don't", "'s", "...", "--", "$100", "a_b", "\u0600", "\u0d4e", "3.14", "(x)", "«»",
 ]
+# Scripts and runs without ASCII spaces: each is repeated far past max_seq_length.
+SCRIPT_PIECES = {
+    "cjk": "東京は日本の首都です。人口は約千四百万人で、世界最大の都市圏の一つです。",
+    "cjk-without-punctuation": "日本語の文章です",
+    "thai": "ภาษาไทยเป็นภาษาที่ไม่มีการเว้นวรรคระหว่างคำ",
+    "arabic": "اللغة العربية هي لغة سامية، ",
+    "emoji": "😊👩‍👩‍👧🇯🇵✨",
+    "punctuation-run": "¡",
+    "punctuation-mixed": "¡¿‼…«»—",
+    "unicode-spaces": "word\u3000語\u2003كلمة\u00a0",
+}
 SEPARATORS = [" ", " ", " ", "  ", "   ", "\n", "\t", "\r\n", "", "", " \n ", "\u00a0", "\u3000", "\x0b", "\x1c", "\x85"]
 
 
@@ -66,6 +77,7 @@ def near_the_budget(max_length: int) -> list[str]:
         "Résumé, naïve café; " * (3 * max_length),
         ("[MASK] [CLS]" + " " * 5) * (2 * max_length),
     ]
+    texts += [piece * (3 * budget // len(piece) + 1) for piece in SCRIPT_PIECES.values()]
     return texts
 
 
@@ -102,12 +114,61 @@ def unigram() -> Tokenizer:
     return Tokenizer.from_str(trainer._tokenizer.to_str())
 
 
+# Qwen2/Qwen3's pre-tokenizer regex, as their tokenizer.json ships it.
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+               r"\s+(?!\S)|\s+")
+
+
+def qwen_style() -> Tokenizer:
+    """Byte-level BPE behind Qwen's Split regex and an NFC normalizer, "</s>" after each text."""
+    config = json.loads(byte_level(False).to_str())
+    config["normalizer"] = {"type": "NFC"}
+    config["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+    a, b, eos = {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, "</s>"
+    config["post_processor"] = {
+        "type": "TemplateProcessing", "single": [a, {"SpecialToken": {"id": eos, "type_id": 0}}],
+        "pair": [a, {"SpecialToken": {"id": eos, "type_id": 0}}, b, {"SpecialToken": {"id": eos, "type_id": 1}}],
+        "special_tokens": {eos: {"id": eos, "ids": [config["added_tokens"][1]["id"]], "tokens": [eos]}}}
+    return Tokenizer.from_str(json.dumps(config))
+
+
+def sentencepiece_bpe(joined: str | None = None) -> Tokenizer:
+    """Llama/Mistral-style BPE with byte fallback: no pre-tokenizer, spaces replaced by "▁" (runs of "▁" are tokens of
+    their own, as in Llama's vocabulary), "<s>" before each text; `joined`, a token added that holds "▁" after a
+    letter (no space is then a safe cut)."""
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")  # training only: merges stay in words
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=specials, limit_alphabet=200, show_progress=False)
+    tokenizer.train_from_iterator([random_text(random.Random(i), 400) for i in range(40)], trainer)
+    config = json.loads(tokenizer.to_str())
+    config["pre_tokenizer"] = None
+    vocab, merges = config["model"]["vocab"], config["model"]["merges"]
+    for token in ["▁▁", "▁▁▁▁"] + ([joined] if joined else []):
+        vocab.setdefault(token, len(vocab))
+    merges += [["▁", "▁"], ["▁▁", "▁▁"]] if merges and isinstance(merges[0], list) else ["▁ ▁", "▁▁ ▁▁"]
+    config["post_processor"] = {
+        "type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                 {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [vocab["<s>"]], "tokens": ["<s>"]}}}
+    return Tokenizer.from_str(json.dumps(config))
+
+
 TOKENIZERS = {
     "minilm": lambda: Tokenizer.from_file(str(minilm_tokenizer_json())),
     "bert-strip-accents-no-cjk": lambda: bert_variant(strip_accents=True, handle_chinese_chars=False),
     "byte-level": lambda: byte_level(False),
     "byte-level-prefix-space": lambda: byte_level(True),
     "unigram-metaspace": unigram,
+    "qwen-style": qwen_style,
+    "sentencepiece-bpe-byte-fallback": sentencepiece_bpe,
     "static-precompiled": lambda: Tokenizer.from_file(str(package_dir("static_model") / "model" / "tokenizer.json")),
 }
 
@@ -171,9 +232,33 @@ def test_cut_keeps_every_token(tokenizer, direction):
     assert cut_count > 30  # the texts past the budget were really cut
 
 
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_long_texts_in_every_script_keep_every_token(tokenizer, direction, tmp_path):
+    """Texts and pairs far past max_seq_length in scripts without ASCII spaces (CJK, Thai, Arabic, emoji, punctuation
+    runs, Unicode spaces): the runtime's tokenizer (cut where it can, truncated on ids where it cannot) gives exactly
+    the encodings of `tokenizers` truncating the whole text, special tokens and type ids included."""
+    max_length = 24
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    runtime = TextTokenizer(tmp_path, TokenizerSpec(max_seq_length=max_length, truncation_side=direction))
+    reference = truncating(tokenizer, max_length, direction)
+    budget = first_budget(max_length)
+    singles = [piece * (size // len(piece) + 1) for piece in SCRIPT_PIECES.values() for size in (3 * budget, 40 * budget)]
+    texts = [piece * (3 * budget // 2 // len(piece) + 1) for piece in SCRIPT_PIECES.values()]  # the reference: quadratic
+    pairs = (list(zip(texts, texts[::-1], strict=True)) + [(t, t) for t in texts] + [(t, "short") for t in texts]
+             + [("short", t) for t in texts] + [(t, u[:budget // 2]) for t, u in zip(texts, texts[1:], strict=False)])
+    for items in (singles, pairs):
+        tokenized = runtime.tokenize(items)
+        for i, item in enumerate(items):
+            expected = reference.encode(*((item,) if isinstance(item, str) else item), add_special_tokens=True)
+            feeds = tokenized.batch([i])
+            assert feeds["input_ids"][0].tolist() == expected.ids, repr(item)[:120]
+            if tokenizer.post_processor is not None:  # without one, tokenizers' encode_batch_fast sets no pair type ids
+                assert feeds["token_type_ids"][0].tolist() == expected.type_ids, repr(item)[:120]
+
+
 def test_tokenizers_without_a_safe_boundary_are_never_cut(tokenizer):
     config = tokenizer_config(tokenizer)
-    assert cut_rule(config).right is not None
+    assert cut_rule(config, tokenizer).right is not None
     never = CutRule(None, None)
     for pre_tokenizer in (None, {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": False},
                           {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
@@ -182,8 +267,22 @@ def test_tokenizers_without_a_safe_boundary_are_never_cut(tokenizer):
     for normalizer in ({"type": "Replace", "pattern": {"Regex": "\\s"}, "content": "_"}, {"type": "ByteLevel"}):
         assert cut_rule({**config, "normalizer": normalizer}) == never
     assert cut_rule({**config, "model": {"type": "BPE", "dropout": 0.1}}) == never
-    if config["pre_tokenizer"]["type"] != "BertPreTokenizer":  # a space inside an added token: no space is a boundary
+    if (config["pre_tokenizer"] or {}).get("type") != "BertPreTokenizer":  # a space inside an added token: no space is a boundary
         assert cut_rule({**config, "added_tokens": [{"content": "a b"}]}) == never
+
+
+def test_boundaries_that_need_a_vocabulary_or_a_known_regex():
+    """SentencePiece-style BPE is cut at spaces only when no token joins a character to the "▁" after it, and a Split
+    pre-tokenizer only with a regex known to end runs of letters at punctuation."""
+    assert cut_rule(tokenizer_config(sentencepiece_bpe()), sentencepiece_bpe()).right is not None
+    joined = sentencepiece_bpe(joined="x▁")
+    assert cut_rule(tokenizer_config(joined), joined) == CutRule(None, None)
+    qwen = qwen_style()
+    config = tokenizer_config(qwen)
+    assert cut_rule(config, qwen).right.search("日本語。")
+    other = json.loads(json.dumps(config))
+    other["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2_REGEX.replace("\\p{N}|", "\\p{N}+|")
+    assert cut_rule(other, qwen) == CutRule(None, None)
 
 
 def test_a_tokenizer_without_pre_tokenizer_is_never_cut():
@@ -198,9 +297,9 @@ def test_a_tokenizer_without_pre_tokenizer_is_never_cut():
 def test_minilm_rule_cuts_at_spaces_punctuation_and_cjk():
     cutter = LongTextCutter(Tokenizer.from_file(str(minilm_tokenizer_json())))
     assert cutter.rule.right is cutter.rule.left is not None
-    for char in " \t\n\r.,!?-/(東":
+    for char in " \t\n\r.,!?-/(東\u00a0\u3000\u2003¡¿。、«»„–—…":  # Unicode whitespace and punctuation too
         assert cutter.rule.right.fullmatch(char), repr(char)
-    for char in "a]\u00a0é😊\u0301":  # "]" ends "[CLS]", "[SEP]", ...: a cut there could split them
+    for char in "a]é😊\u0301\x85\u200b":  # \x85 is a control character BertNormalizer removes  # "]" ends "[CLS]", "[SEP]", ...: a cut there could split them
         assert not cutter.rule.right.fullmatch(char), repr(char)
 
 
