@@ -6,6 +6,7 @@ tokenizer, and for speed as a ratio to short inputs in the same test."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -245,7 +246,7 @@ def test_long_texts_in_every_script_keep_every_token(tokenizer, direction, tmp_p
     singles = [piece * (size // len(piece) + 1) for piece in SCRIPT_PIECES.values() for size in (3 * budget, 40 * budget)]
     texts = [piece * (3 * budget // 2 // len(piece) + 1) for piece in SCRIPT_PIECES.values()]  # the reference: quadratic
     pairs = (list(zip(texts, texts[::-1], strict=True)) + [(t, t) for t in texts] + [(t, "short") for t in texts]
-             + [("short", t) for t in texts] + [(t, u[:budget // 2]) for t, u in zip(texts, texts[1:], strict=False)])
+             + [("short", t) for t in texts] + [(t, u[:budget // 2]) for t, u in itertools.pairwise(texts)])
     for items in (singles, pairs):
         tokenized = runtime.tokenize(items)
         for i, item in enumerate(items):
@@ -299,7 +300,8 @@ def test_minilm_rule_cuts_at_spaces_punctuation_and_cjk():
     assert cutter.rule.right is cutter.rule.left is not None
     for char in " \t\n\r.,!?-/(東\u00a0\u3000\u2003¡¿。、«»„–—…":  # Unicode whitespace and punctuation too
         assert cutter.rule.right.fullmatch(char), repr(char)
-    for char in "a]é😊\u0301\x85\u200b":  # \x85 is a control character BertNormalizer removes  # "]" ends "[CLS]", "[SEP]", ...: a cut there could split them
+    # "]" ends "[CLS]", "[SEP]", ...: a cut there could split them; BertNormalizer removes the control character \x85
+    for char in "a]é😊\u0301\x85\u200b":
         assert not cutter.rule.right.fullmatch(char), repr(char)
 
 
@@ -443,3 +445,52 @@ def test_a_megabyte_text_encodes_about_as_fast_as_a_batch_of_short_texts(tiny_bi
     short_time = fastest(lambda: runtime.encode(short))
     long_time = fastest(lambda: runtime.encode([MEGABYTE_TEXT]))
     assert long_time < 50 * short_time, (long_time, short_time)
+
+
+def test_pairs_without_ascii_boundaries_cost_linear_time(tmp_path):
+    """("¡" * n, "¡" * n) took time and memory quadratic in n (40 000 a side: 21 s, 6.8 GB, st-serve aborted). Now a
+    text with Unicode boundaries is cut (10x the text: about the same time), and one without any (a Thai run in
+    Qwen-style BPE, one pre-token) is truncated on its ids (4x the text: about 4x the time; uncut pairs were 16x)."""
+    minilm = TextTokenizer(minilm_tokenizer_json().parent, TokenizerSpec(max_seq_length=128))
+    punctuation = [("¡" * n, "¡" * n) for n in (20_000, 200_000)]
+    minilm.token_counts(punctuation[:1])
+    small = fastest(lambda: minilm.token_counts(punctuation[:1]), repeats=3)
+    large = fastest(lambda: minilm.token_counts(punctuation[1:]), repeats=3)
+    assert large < 4 * small, (large, small)
+
+    qwen_style().save(str(tmp_path / "tokenizer.json"))
+    qwen = TextTokenizer(tmp_path, TokenizerSpec(max_seq_length=128))
+    thai = SCRIPT_PIECES["thai"]
+    runs = [(thai * (n // len(thai)), thai[::-1] * (n // len(thai))) for n in (5_000, 20_000)]
+    assert qwen.token_counts(runs[:1])[0] == 128
+    small = fastest(lambda: qwen.token_counts(runs[:1]), repeats=3)
+    large = fastest(lambda: qwen.token_counts(runs[1:]), repeats=3)
+    assert large < 8 * small, (large, small)
+
+
+MEMORY_PROBE = """
+import resource, sys
+from st_runtime.manifest import TokenizerSpec
+from st_runtime.tokenizer import TextTokenizer
+tokenizer = TextTokenizer(sys.argv[1], TokenizerSpec(max_seq_length=256))
+tokenizer.token_counts([("short question", "a short answer")] * 32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+text = sys.argv[2] * (int(sys.argv[3]) // len(sys.argv[2]))
+for batch in ([text], [(text, text)], [("query", text)], [(text, "answer")]):
+    tokenizer.token_counts(batch)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+@pytest.mark.parametrize("piece", ["¡", "東京\u3000", "word\u2003", "😊。"])
+def test_a_16_mb_text_takes_bounded_memory(piece):
+    """16 MiB of text without ASCII spaces (a single text, a pair of it, a query with it) tokenizes in a few tens of
+    MB beyond the text itself (the audit saw 4.6 GB for one such text): peak RSS of a fresh process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(minilm_tokenizer_json().parent), piece,
+                          str(16 * 2**20 // len(piece.encode()))], capture_output=True, text=True, check=True)
+    grown_mb = int(out.stdout.strip())
+    text_mb = 16 * 4 // max(1, len(piece.encode()) // len(piece))  # a str of n characters: up to 4n bytes
+    assert grown_mb < text_mb + 150, (grown_mb, out.stderr[-500:])
