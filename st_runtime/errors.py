@@ -30,6 +30,15 @@ class InvalidInputError(StRuntimeError, TypeError, ValueError):
     `except` that sentence-transformers code uses catches it)."""
 
 
+class UncutTextError(InvalidInputError):
+    """Texts whose parts that must be tokenized whole (no exact cut found) are longer together than a caller's bound
+    (a server's cost per request)."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class ProviderError(StRuntimeError, RuntimeError):
     """A requested execution provider is not available in this onnxruntime build."""
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from st_runtime.errors import ModelFileError
+from st_runtime.errors import ModelFileError, UncutTextError
 from st_runtime.long_texts import LongTextCutter, first_budget
 from st_runtime.manifest import TokenizerSpec, folder_file
 from st_runtime.truncation import Templates, encode_truncated
@@ -102,27 +102,39 @@ class TextTokenizer:
             lengths.append(counts)
         return TokenizedTexts(_joined(ids, np.int32), _joined(type_ids, np.int8), _joined(lengths, np.int64), self.spec)
 
-    def token_counts(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> np.ndarray:
+    def token_counts(self, texts: Sequence[str] | Sequence[tuple[str, str]], *,
+                     max_uncut_chars: int | None = None) -> np.ndarray:
         """Tokens per text (or pair) as `tokenize` counts them (special tokens included, after truncation), without
-        keeping the ids."""
+        keeping the ids.
+
+        Args:
+            max_uncut_chars: refuse (`UncutTextError`, naming the first text past it) texts whose sides that must be
+                tokenized whole, as no exact cut was found in them (a run without any space or punctuation the
+                tokenizer splits at, or a model that is never truncated), hold more characters together than this:
+                a bound on a server's cost per request. None: no bound.
+        """
         counts = [np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-                  for encodings in self._encoded_pieces(texts)]
+                  for encodings in self._encoded_pieces(texts, max_uncut_chars)]
         return _joined(counts, np.int64)
 
-    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]]) -> Iterator[list[Any]]:
+    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]],
+                        max_uncut_chars: int | None = None) -> Iterator[list[Any]]:
         """Encodings (`.ids`, `.type_ids`, `len`) of TOKENIZE_PIECE texts at a time, truncated. Long texts are cut
         first (same tokens), and those still long after the cut are truncated on their ids (`st_runtime.truncation`:
         linear cost, where `tokenizers` is quadratic on a long pair)."""
         tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
         truncation = tokenizer.truncation
+        uncut = _UncutBound(max_uncut_chars)
         for start in range(0, len(texts), TOKENIZE_PIECE):
             piece = list(texts[start : start + TOKENIZE_PIECE])
             if truncation is None or truncation["stride"]:
+                uncut.check(piece, start, 0)
                 yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)  # no character offsets
                 continue
             max_length, direction = truncation["max_length"], truncation["direction"]
             piece = self._cutter.cut(piece, max_length, direction)
             budget = first_budget(max_length)
+            uncut.check(piece, start, budget)
             long = [i for i, item in enumerate(piece) if _longest_side(item) > budget]
             templates = self._long_templates() if long else None
             if templates is None:
@@ -158,6 +170,28 @@ class TextTokenizer:
                 length -= 1
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+
+class _UncutBound:
+    """Adds up the characters of texts tokenized whole in one call (sides longer than the cut's budget) and refuses
+    them past a bound."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.total = limit, 0
+
+    def check(self, items: list[Any], offset: int, budget: int) -> None:
+        if self.limit is None:
+            return
+        for i, item in enumerate(items):
+            for side in (item,) if isinstance(item, str) else item:
+                if len(side) > budget:
+                    self.total += len(side)
+            if self.total > self.limit:
+                raise UncutTextError(
+                    f"input {offset + i} holds text that must be tokenized whole (no space or punctuation this model's "
+                    f"tokenizer splits at, in {len(max(item, key=len) if not isinstance(item, str) else item)} "
+                    f"characters), and the request's such text exceeds {self.limit} characters: split or shorten it",
+                    offset + i)
 
 
 def _longest_side(item: str | tuple[str, str]) -> int:

@@ -494,3 +494,21 @@ def test_a_16_mb_text_takes_bounded_memory(piece):
     grown_mb = int(out.stdout.strip())
     text_mb = 16 * 4 // max(1, len(piece.encode()) // len(piece))  # a str of n characters: up to 4n bytes
     assert grown_mb < text_mb + 150, (grown_mb, out.stderr[-500:])
+
+
+def test_a_bound_on_text_tokenized_whole_names_the_input(tmp_path):
+    """A server bounds the text it must tokenize whole (no exact cut found) per request; text that can be cut, however
+    long, is never counted against it."""
+    from st_runtime.errors import UncutTextError
+
+    qwen_style().save(str(tmp_path / "tokenizer.json"))
+    qwen = TextTokenizer(tmp_path, TokenizerSpec(max_seq_length=64))
+    cuttable = "東京は日本の首都です。" * 100_000
+    thai = SCRIPT_PIECES["thai"] * 200  # one pre-token of 8600 characters
+    assert list(qwen.token_counts([cuttable, "short"], max_uncut_chars=1000)) == [64, 2]
+    with pytest.raises(UncutTextError) as error:
+        qwen.token_counts(["short", thai], max_uncut_chars=5000)
+    assert error.value.index == 1 and "5000" in str(error.value)
+    with pytest.raises(UncutTextError):  # together past the bound
+        qwen.token_counts([("q", thai[:3000]), (thai[:3000], "q")], max_uncut_chars=5000)
+    assert qwen.token_counts([thai], max_uncut_chars=10_000)[0] == 64
