@@ -505,7 +505,7 @@ def test_a_bound_on_text_tokenized_whole_names_the_input(tmp_path):
     qwen = TextTokenizer(tmp_path, TokenizerSpec(max_seq_length=64))
     cuttable = "東京は日本の首都です。" * 100_000
     thai = SCRIPT_PIECES["thai"] * 200  # one pre-token of 8600 characters
-    assert list(qwen.token_counts([cuttable, "short"], max_uncut_chars=1000)) == [64, 2]
+    assert qwen.token_counts([cuttable], max_uncut_chars=1000)[0] == 64
     with pytest.raises(UncutTextError) as error:
         qwen.token_counts(["short", thai], max_uncut_chars=5000)
     assert error.value.index == 1 and "5000" in str(error.value)
