@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from st_runtime.embed.badrows import POLICIES
 from st_runtime.pool import DEFAULT_BATCH_TOKENS
 
 
@@ -35,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
                         help=f"padded tokens per batch (default {DEFAULT_BATCH_TOKENS})")
     parser.add_argument("--prompt-name", help="stored prompt to prepend (query, document, ...)")
-    parser.add_argument("--on-bad-row", choices=("error", "skip", "empty"), default="error",
-                        help="a non-string or empty text: stop (default), leave the row out, or keep it with an "
-                             "empty (null) embedding")
+    parser.add_argument("--on-bad-row", choices=POLICIES, default="error",
+                        help="a row that cannot be embedded (text not a string, empty or not UTF-8; id missing or not "
+                             "an int64 or string; a jsonl line that is not a JSON object): stop (default), leave it "
+                             "out, or keep it with an empty (null) embedding (a row without a usable id is left out)")
     parser.add_argument("--shard-rows", type=int, default=10_000, help="input rows per resumable shard (default 10000)")
     parser.add_argument("--overwrite", action="store_true", help="replace the output and any partial run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
