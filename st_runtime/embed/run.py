@@ -123,7 +123,9 @@ def embed_file(config: EmbedConfig) -> EmbedSummary:
         raise EmbedError("--shard-rows, --batch-tokens and --processes must be positive.")
     if not config.input.is_file():
         raise EmbedError(f"Input file {str(config.input)!r} does not exist.")
-    input_format(config.input)
+    if input_format(config.input) == "txt" and config.id_column is not None:
+        raise EmbedError("A .txt input has one text a line and no columns: its ids are the line numbers (from 0); "
+                         "leave out --id-column, or use a .jsonl, .csv or .parquet input with an id column.")
     _prompt_and_task(manifest, config.prompt_name)
     parts = config.output.with_name(config.output.name + ".parts")
     written = [config.output, lock_path(config.output)] + ([_ids_path(config.output)] if fmt == "npy" else [])
@@ -238,8 +240,8 @@ def _prepare(config: EmbedConfig, parts: Path, state: dict[str, Any]) -> None:
     if config.overwrite:
         if parts.exists():
             shutil.rmtree(parts)
-        for path in (config.output, _ids_path(config.output)):
-            if path.exists() and (path == config.output or config.output.suffix.lower() == ".npy"):
+        for path in [config.output] + ([_ids_path(config.output)] if state["settings"]["format"] == "npy" else []):
+            if path.exists() or path.is_symlink():
                 path.unlink()
     elif parts.exists() and state_file.exists():
         try:
@@ -247,6 +249,9 @@ def _prepare(config: EmbedConfig, parts: Path, state: dict[str, Any]) -> None:
         except (OSError, ValueError):
             old = {}
         changed = _differences(old, state)
+        if changed == ["version"]:
+            raise EmbedError(f"{str(parts)!r} holds a partial run of another st-embed version, which this one cannot "
+                             "go on from; pass --overwrite to start over.")
         if changed:
             raise EmbedError(f"{str(parts)!r} holds a partial run with other settings (differs in: "
                              f"{', '.join(changed)}); rerun with the same ones, or pass --overwrite to start over.")
