@@ -269,10 +269,14 @@ def bad_bytes_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
                    b'{"id": "r4", "text": "last", "other": "\xff ignored"}\n')
     cs = tmp_path / "c.csv"
     cs.write_bytes(b"id,text\nr0,good one\nr1,bad \xff\nr2,\xe4\xb8\xad\xe6\x96\x87 ok\nr3,\x80\nr4,last\n")
-    return {"txt": (txt, good), "jsonl": (jl, good), "csv": (cs, good)}
+    pqt = tmp_path / "c.parquet"  # string values that are not UTF-8, as a writer that does not check them leaves
+    texts = [b"good one", b"bad \xff", "中文 ok".encode(), b"\x80", b"last"]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(5)],
+                             "text": pa.array(texts, pa.binary()).view(pa.string())}), pqt)
+    return {"txt": (txt, good), "jsonl": (jl, good), "csv": (cs, good), "parquet": (pqt, good)}
 
 
-@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv", "parquet"])
 def test_undecodable_bytes_are_bad_rows(bi, encode, tmp_path, capsys, fmt):
     src, good = bad_bytes_inputs(tmp_path)[fmt]
     out = tmp_path / "o.parquet"
@@ -510,7 +514,7 @@ def test_an_unreadable_shard_is_named_and_overwrite_starts_over(bi, tmp_path, ca
     src = jsonl(tmp_path / "c.jsonl", [{"text": t} for t in corpus(30)])
     out = tmp_path / "o.parquet"
     argv = [bi, "--input", src, "--output", out, "--shard-rows", 10]
-    fail_savez(monkeypatch, at=1)
+    fail_savez(monkeypatch, at=2)
     assert run(*argv) == 1
     monkeypatch.undo()
     (tmp_path / "o.parquet.parts" / "shard-000000.npz").write_bytes(b"not a zip file")
@@ -539,3 +543,11 @@ def test_a_partial_run_of_another_version_says_to_start_over(bi, tmp_path, capsy
     assert run(bi, "--input", src, "--output", tmp_path / "o.parquet") == 1
     one_error(capsys, "partial run of another st-embed version", "pass --overwrite to start over")
     assert run(bi, "--input", src, "--output", tmp_path / "o.parquet", "--overwrite") == 0
+
+
+def test_a_csv_field_past_the_csv_module_limit_is_one_line(bi, tmp_path, capsys):
+    src = tmp_path / "c.csv"
+    src.write_text("id,text\na,short\nb," + "x" * 200_000 + "\n", encoding="utf-8")
+    assert run(bi, "--input", src, "--id-column", "id", "--output", tmp_path / "o.parquet") == 1
+    one_error(capsys, "is not a csv file this reader can parse (line 3", "field larger than field limit")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.parquet.parts").exists()  # no shard: nothing kept

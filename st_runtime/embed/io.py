@@ -142,10 +142,21 @@ def _raw_rows(path: Path, fmt: str, *, column: str, id_column: str | None
         _check_columns(path, parquet.schema_arrow.names, column, id_column)
         columns = [column] + ([id_column] if id_column else [])
         for batch in parquet.iter_batches(batch_size=4096, columns=columns):
-            texts = batch.column(column).to_pylist()
-            ids = batch.column(id_column).to_pylist() if id_column else [None] * len(texts)
+            texts = _values(batch.column(column))
+            ids = _values(batch.column(id_column)) if id_column else [None] * len(texts)
             for row_id, text in zip(ids, texts, strict=True):
                 yield row_id, text, None, None
+
+
+def _values(array: Any) -> list[Any]:
+    """A parquet column's values; a string column holding bytes that are not UTF-8 (written by a tool that does not
+    check) is decoded value by value as in `_decode`, so that only those rows are bad."""
+    try:
+        return array.to_pylist()
+    except UnicodeDecodeError:
+        pa, _ = pyarrow_modules()
+        binary = pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary()
+        return [None if v is None else _decode(v) for v in array.cast(binary).to_pylist()]
 
 
 def _json_object(line: str, column: str) -> tuple[dict[str, Any], str | None]:

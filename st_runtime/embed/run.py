@@ -134,8 +134,10 @@ def embed_file(config: EmbedConfig) -> EmbedSummary:
     with output_lock(config.output):
         try:
             summary = _embed_locked(config, manifest, parts, fmt, sparse)
-        except Exception as exc:
-            if not disk_full(exc):
+        except BaseException as exc:
+            if parts.is_dir() and not any(parts.glob("shard-*.npz")):
+                shutil.rmtree(parts, ignore_errors=True)  # nothing to go on from: leave nothing behind
+            if not isinstance(exc, Exception) or not disk_full(exc):
                 raise
             raise EmbedError(f"Cannot write the embeddings: {one_line(exc)}. Free some space and run the same command "
                              f"again: it goes on from the finished shards in {str(parts)!r}.") from exc
