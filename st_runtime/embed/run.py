@@ -34,6 +34,7 @@ from st_runtime.embed.io import (
     count_rows,
     ids_array,
     input_format,
+    load_shard,
     pyarrow_modules,
     write_npy,
     write_parquet,
@@ -211,7 +212,7 @@ def _embed_locked(config: EmbedConfig, manifest: Any, parts: Path, fmt: str, spa
     else:
         with atomic_file(_ids_path(config.output), parts) as ids_tmp, atomic_file(config.output, parts) as tmp:
             write_npy(tmp, ids_tmp, shard_files, dim=dim)
-    summary.total_rows = sum(int(np.load(p, allow_pickle=False)["ids"].shape[0]) for p in shard_files)
+    summary.total_rows = sum(len(load_shard(p)["ids"]) for p in shard_files)
     shutil.rmtree(parts)
     return summary
 
