@@ -103,13 +103,13 @@ class BadRows:
         if problem is None:
             return "keep"
         self.count += 1
+        no_id = bad_id is not None or (row.problem is not None and self.id_column)  # unparsed: its id is unknown
         if self.policy == "error":
-            without_id = (row.problem is not None and self.id_column) or bad_id is not None
             skip, empty = setting(self.option, "skip"), setting(self.option, "empty")
-            advice = (f"pass {skip} or {empty} to leave it out" if without_id else
+            advice = (f"pass {skip} or {empty} to leave it out" if no_id else
                       f"pass {skip} (leave it out) or {empty} (keep it with an empty embedding)")
             raise EmbedError(f"{subject(row, self.id_column, of)} {problem}; {advice}.")
-        if self.policy == "skip" or bad_id is not None or (row.problem is not None and self.id_column):
+        if self.policy == "skip" or no_id:
             self.left_out += 1
             return "skip"
         return "empty"
