@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from st_runtime.embed.badrows import POLICIES
 from st_runtime.pool import DEFAULT_BATCH_TOKENS
 
 
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n".join(__doc__.split("\n")[2:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder written by st-export (bi-encoder or sparse encoder)")
-    parser.add_argument("--input", required=True, help="corpus: .txt (one text a line), .jsonl, .csv or .parquet")
+    parser.add_argument("--input", required=True,
+                        help="corpus: .txt (one text a line; only \\n and \\r\\n end a line), .jsonl, .csv or .parquet")
     parser.add_argument("--output", required=True, help="embeddings file (.parquet or .npy)")
     parser.add_argument("--column", default="text", help="text column of jsonl/csv/parquet input (default: text)")
     parser.add_argument("--id-column", help="id column copied to the output (default: the row number)")
@@ -35,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS,
                         help=f"padded tokens per batch (default {DEFAULT_BATCH_TOKENS})")
     parser.add_argument("--prompt-name", help="stored prompt to prepend (query, document, ...)")
-    parser.add_argument("--on-bad-row", choices=("error", "skip", "empty"), default="error",
-                        help="a non-string or empty text: stop (default), leave the row out, or keep it with an "
-                             "empty (null) embedding")
+    parser.add_argument("--on-bad-row", choices=POLICIES, default="error",
+                        help="a row that cannot be embedded (text not a string, empty or not UTF-8; id missing or not "
+                             "an int64 or string; a jsonl line that is not a JSON object): stop (default), leave it "
+                             "out, or keep it with an empty (null) embedding (a row without a usable id is left out)")
     parser.add_argument("--shard-rows", type=int, default=10_000, help="input rows per resumable shard (default 10000)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output and any partial run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output and any partial run (never the input: that is refused)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("Ray Data (a cluster)")
     ray.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', ray://host:10001, or 'local')")

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from st_runtime.embed.io import EmbedError, pyarrow_modules
-from st_runtime.embed.run import EmbedSummary, _bad, _prompt_and_task
+from st_runtime.embed.badrows import BadRows
+from st_runtime.embed.io import EmbedError, Row, pyarrow_modules
+from st_runtime.embed.run import EmbedSummary, _prompt_and_task
 from st_runtime.manifest import load_manifest
 from st_runtime.pool import DEFAULT_BATCH_TOKENS, TokenCounter, assemble, encode_job, token_budget_batches
 
@@ -64,13 +65,12 @@ class Embedder:
         manifest = load_manifest(self.folder)
         if manifest.task == "text-ranking":
             raise EmbedError(f"{str(folder)!r} is a cross-encoder: it scores pairs and has no embeddings.")
-        if on_bad_row not in ("error", "skip", "empty"):
-            raise EmbedError(f"on_bad_row must be error, skip or empty, got {on_bad_row!r}.")
+        self.bad = BadRows(on_bad_row, id_column=id_column is not None, option="on_bad_row")  # checks the policy
         self.sparse = manifest.task == "sparse-embedding"
         cls = st_runtime.SparseEncoder if self.sparse else st_runtime.SentenceTransformer
         self.model = cls(self.folder, variant=variant, providers=providers, intra_op_num_threads=threads)
         self.manifest = manifest
-        self.column, self.id_column, self.batch_tokens, self.on_bad_row = column, id_column, batch_tokens, on_bad_row
+        self.column, self.id_column, self.batch_tokens = column, id_column, batch_tokens
         self.prompt, self.task = _prompt_and_task(manifest, prompt_name)
         self.counter = TokenCounter(self.folder, manifest, task=self.task)
 
@@ -81,19 +81,13 @@ class Embedder:
         ids = table.column(self.id_column).to_pylist() if self.id_column else None
         keep, valid, texts = [], [], []
         for i, text in enumerate(texts_in):
-            problem = _bad(text)
-            if problem is not None:
-                if self.on_bad_row == "error":
-                    where = f"id {ids[i]!r}" if ids is not None else f"row {i} of a batch"
-                    raise EmbedError(f"Text of {where} {problem}; use on_bad_row='skip' or 'empty'.")
-                if self.on_bad_row == "skip":
-                    continue
-                keep.append(i)
-                valid.append(False)
+            verdict = self.bad.judge(Row(i, ids[i] if ids is not None else None, text), of=" of a batch")
+            if verdict == "skip":
                 continue
             keep.append(i)
-            valid.append(True)
-            texts.append(text)
+            valid.append(verdict == "keep")
+            if verdict == "keep":
+                texts.append(text)
         batches = token_budget_batches(self.counter.count([self.prompt + t for t in texts]), self.batch_tokens)
         kwargs = {"prompt": self.prompt, "task": self.task}
         results = [encode_job(self.model, [texts[i] for i in b], kwargs) for b in batches]
