@@ -26,7 +26,6 @@ from test_serve import TEXTS, ServerProcess, _metric, folders  # noqa: E402, F40
 
 from st_runtime.errors import ArgumentError  # noqa: E402
 from st_runtime.serve import BatchLimits, ModelConfig, ServeConfig, create_app  # noqa: E402
-from st_runtime.serve.cli import default_allowed_hosts  # noqa: E402
 
 # Texts in several scripts: Latin, Cyrillic, Greek, Arabic, Devanagari, CJK, emoji, combining marks.
 SCRIPTS = ["The quick brown fox", "Съешь же ещё этих мягких булок", "Ξεσκεπάζω την ψυχοφθόρα βδελυγμία",
@@ -135,7 +134,7 @@ def test_tokenize_memory_is_a_small_multiple_of_its_answer(make_app):
     """The answer is built as JSON text a few thousand tokens at a time: the request's Python memory peak stays a
     small multiple of the answer's size (the per-token dicts of before cost about ten times it)."""
     app = make_app()
-    text = " ".join(SCRIPTS * 600)[: app.server.config.max_tokenize_chars - 100]
+    text = " ".join(SCRIPTS * 600)[:250_000]  # under the default --max-tokenize-chars (262144)
     call(app, [("POST", "/tokenize", {"json": {"inputs": ["warm up"]}})])
     tracemalloc.start()
     try:
@@ -188,6 +187,8 @@ def test_only_allowed_host_names_are_answered(make_app):
 
 
 def test_loopback_servers_answer_loopback_names_only_by_default():
+    from st_runtime.serve.cli import default_allowed_hosts
+
     assert default_allowed_hosts("127.0.0.1") == ("localhost", "127.0.0.1", "::1")
     assert default_allowed_hosts("127.0.0.2") == ("localhost", "127.0.0.1", "::1", "127.0.0.2")
     assert set(default_allowed_hosts("::1")) == set(default_allowed_hosts("localhost")) == {"localhost", "127.0.0.1",
@@ -376,8 +377,8 @@ def test_connections_past_the_limit_get_503_and_service_resumes(folders):  # noq
 # -- 6. past the shutdown grace period: 503 in the server's format ---------------------------------------------------
 
 def test_requests_still_running_past_the_grace_period_get_503(folders):  # noqa: F811
-    srv = ServerProcess([str(folders["embed"]), "--max-batch-requests", "1", "--graceful-timeout", "0.5",
-                         "--log-level", "info"])
+    srv = ServerProcess([str(folders["embed"]), "--max-batch-requests", "1", "--max-queue", "4096",
+                         "--graceful-timeout", "0.5", "--log-level", "info"])
     body = {"inputs": TEXTS * 12, "normalize": False}  # 960 graph runs per request
     results: list[httpx.Response] = []
 

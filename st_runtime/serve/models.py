@@ -133,10 +133,11 @@ class ServedModel:
                 self._raw_tokenizer = raw_tokenizer(self.folder, self.manifest.tokenizer.file)
             return self._raw_tokenizer
 
-    def _tokenize(self, texts: list[str], *, add_special_tokens: bool) -> list[tuple[orjson.Fragment, int]]:
-        """TEI's /tokenize for a batch of texts: per text, its tokens (untruncated) as one JSON array of
-        {"id", "text", "special", "start", "stop"}, already serialized, and their count. The objects of at most
-        TOKENIZE_CHUNK tokens exist at a time, so a text costs about its JSON, not a dict per token."""
+    def _tokenize(self, texts: list[str], *, add_special_tokens: bool) -> list[tuple[list[orjson.Fragment], int]]:
+        """TEI's /tokenize for a batch of texts: per text, its tokens (untruncated) as {"id", "text", "special",
+        "start", "stop"} objects, already serialized a chunk at a time (orjson writes a list of such fragments as one
+        JSON array), and their count. The objects of at most TOKENIZE_CHUNK tokens exist at a time, so a text costs
+        about its JSON, not a dict per token."""
         tokenizer = self._untruncated()
         out = []
         for text, encoding in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens),
@@ -149,8 +150,8 @@ class ServedModel:
                          for i, (s, e), flag in zip(ids[first:first + TOKENIZE_CHUNK],
                                                      offsets[first:first + TOKENIZE_CHUNK],
                                                      special[first:first + TOKENIZE_CHUNK], strict=True)]
-                parts.append(orjson.dumps(chunk)[1:-1])
-            out.append((orjson.Fragment(b"[" + b",".join(parts) + b"]"), len(ids)))
+                parts.append(orjson.Fragment(orjson.dumps(chunk)[1:-1]))
+            out.append((parts, len(ids)))
         return out
 
 
