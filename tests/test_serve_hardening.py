@@ -300,7 +300,8 @@ def _status_and_json(raw: bytes) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def slow_server(folders):  # noqa: F811
-    srv = ServerProcess([str(folders["embed"]), "--header-timeout", "1", "--body-timeout", "1"])
+    srv = ServerProcess([str(folders["embed"]), "--header-timeout", "1", "--body-timeout", "1",
+                         "--max-request-bytes", "4096"])
     yield srv
     assert srv.stop() == 0
 
@@ -342,6 +343,22 @@ def test_a_body_that_does_not_arrive_gets_408(slow_server):
             b"Content-Length: 100\r\n\r\n{\"inputs\": ")
     status, payload = _status_and_json(_read_all(_raw(slow_server.port, head)))
     assert status == 408 and "--body-timeout 1" in payload["error"] and payload["error_type"] == "Validation"
+
+
+def test_an_endless_body_gets_413_and_the_connection_closes(slow_server):
+    """A chunked body that never ends: 413 once it passes --max-request-bytes, and the server stops reading it (the
+    connection is closed) instead of discarding it for as long as the client sends."""
+    sock = _raw(slow_server.port, b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk, sent = b"%x\r\n%s\r\n" % (1024, b" " * 1024), 0
+    with contextlib.suppress(OSError):
+        while sent < 2000:  # 2 MiB at most
+            sock.sendall(chunk)
+            sent += 1
+            time.sleep(0.002)
+    status, payload = _status_and_json(_read_all(sock))
+    assert status == 413 and "--max-request-bytes 4096" in payload["error"]
+    assert sent < 2000, "the server read the whole endless body"
 
 
 def test_oversized_headers_get_431(slow_server):

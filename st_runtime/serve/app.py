@@ -517,7 +517,9 @@ class PostEndpoint:
         return b"".join(chunks)
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.")
+        """413, and the connection closed: else uvicorn would go on reading (and dropping) a body that may not end."""
+        return ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.",
+                        headers={"Connection": "close"})
 
     def _observe(self, model: str, status: int, tokens: int, seconds: float) -> None:
         children = self._counted.get((model, status))
