@@ -263,6 +263,7 @@ def _check_finite(served: ServedModel, rows: list[Any] | np.ndarray) -> None:
 
 
 def shutting_down() -> ApiError:
+    """503 for a request the server stops before answering (shutdown past --graceful-timeout, or a stopped batcher)."""
     return ApiError(503, "The server is shutting down and could not finish this request in time (--graceful-timeout); "
                          "retry it.", headers={"Retry-After": "1", "Connection": "close"})
 
