@@ -391,6 +391,26 @@ def test_connections_past_the_limit_get_503_and_service_resumes(folders):  # noq
         assert srv.stop() == 0
 
 
+def test_the_open_file_limit_is_raised_to_fit_the_connection_cap(monkeypatch):
+    """Past the open-file limit accept() fails and clients wait unanswered: the CLI raises the soft limit to fit
+    --max-connections, and refuses a cap the hard limit cannot hold (one line, before anything listens)."""
+    import resource
+
+    from st_runtime.serve import cli
+
+    limits, calls = {"soft": 1024, "hard": 4096}, []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, value: calls.append(value))
+    cli.ensure_file_limit(1000)
+    assert calls == [(1128, 4096)]
+    limits["hard"] = 1100
+    with pytest.raises(ArgumentError, match="--max-connections 1000 needs about 1128 open files"):
+        cli.ensure_file_limit(1000)
+    calls.clear()
+    cli.ensure_file_limit(500)  # 1024 is enough: left alone
+    assert calls == []
+
+
 # -- 6. past the shutdown grace period: 503 in the server's format ---------------------------------------------------
 
 def test_requests_still_running_past_the_grace_period_get_503(folders):  # noqa: F811
