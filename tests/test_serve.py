@@ -231,7 +231,7 @@ def test_health_info_metrics_and_cors(server, client):
     ("/rerank", {"query": "q", "texts": ["a"], "model": "embed"}, 400, "text-ranking"),
 ])
 def test_errors_name_the_problem(client, path, body, status, field):
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {"json": body}
     r = client.post(path, **kwargs)
     assert r.status_code == status, r.text
     payload = r.json()
@@ -406,7 +406,8 @@ def test_model_errors_are_500_without_traceback(folders, monkeypatch):
 async def _asgi_post(app, path: str, payload: dict, gone: asyncio.Event | None = None) -> list[dict]:
     """POST through the ASGI app itself; `gone` set: the client disconnects (else it never does)."""
     body = json.dumps(payload).encode()
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"%d" % len(body))]}
+    scope = {"type": "http", "method": "POST", "path": path,
+             "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]}
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
 

@@ -4,6 +4,10 @@
 Errors are answered in the caller's dialect: OpenAI's `{"error": {"message", "type", "param", "code"}}` under /v1,
 TEI's `{"error", "error_type"}` elsewhere; never a traceback (those go to the server log).
 
+Every request meets the same limits before any work: its Host (--allowed-hosts), API key, Content-Type (JSON only),
+body size and arrival time (--max-request-bytes, --body-timeout), inputs per request, tokens and the model's queue.
+Connections and header arrival are bounded one level down, in `protocol.py`.
+
 The POST endpoints are plain ASGI callables (`PostEndpoint`) that `ServeApp` calls directly: a request's own path
 through the server is body, validation, queue and answer, with no framework layer in between (each one costs
 measurably at concurrency 1; docs/perf/serve.md). Everything else (GET endpoints, CORS preflights, lifespan,
@@ -32,14 +36,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from st_runtime.base import check_text
-from st_runtime.errors import InvalidInputError, StRuntimeError
+from st_runtime.errors import ArgumentError, InvalidInputError, StRuntimeError
 from st_runtime.serve import schemas
-from st_runtime.serve.batcher import BatchLimits, Job, QueueFullError, RequestTooLargeError
+from st_runtime.serve.batcher import BatchLimits, Job, QueueFullError, RequestTooLargeError, ShuttingDownError
 from st_runtime.serve.metrics import Metrics
 from st_runtime.serve.models import ServedModel
 from st_runtime.similarity import l2_normalize
@@ -49,6 +53,8 @@ CONFIG_ENV = "ST_SERVE_CONFIG"  # the JSON ServeConfig handed to --workers proce
 DISCONNECT_WATCH_AFTER = 0.02  # seconds a request waits before it listens for its client going away
 ALONE_MAX_CHARS = 512  # a lone request this short runs on the event loop (a query: a few ms of graph run)
 ALONE_QUIET_SECONDS = 1.0  # ... if no two requests were in flight together for this long (sequential traffic)
+CONFIG_STATE = "st_serve.config"  # the lifespan state key under which uvicorn hands the ServeConfig to protocol.py
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,19 @@ class ServeConfig:
     limits: BatchLimits = field(default_factory=BatchLimits)
     max_client_batch_size: int = 2048
     max_request_bytes: int = 32 << 20
+    max_tokenize_chars: int = 1 << 18  # characters of one /tokenize request, prompt included
     api_key: str | None = None
     cors: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ("*",)  # Host header names answered ("*": any, "*.example.com": subdomains)
+    body_timeout: float = 30.0  # seconds for a request's body to arrive, from its headers
+    header_timeout: float = 10.0  # seconds for a request's headers to arrive (protocol.py)
+    max_connections: int = 1000  # open connections; the next ones are answered 503 (protocol.py)
+
+    def __post_init__(self) -> None:
+        if self.limits.max_queue < self.max_client_batch_size:
+            raise ArgumentError(f"--max-queue {self.limits.max_queue} is less than --max-client-batch-size "
+                                f"{self.max_client_batch_size}: a request the client limit lets through could never "
+                                "be queued. Raise --max-queue or lower --max-client-batch-size.")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -77,7 +94,7 @@ class ServeConfig:
     def from_json(cls, text: str) -> ServeConfig:
         data = json.loads(text)
         return cls(models=tuple(ModelConfig(**m) for m in data.pop("models")), limits=BatchLimits(**data.pop("limits")),
-                   cors=tuple(data.pop("cors")), **data)
+                   cors=tuple(data.pop("cors")), allowed_hosts=tuple(data.pop("allowed_hosts")), **data)
 
 
 def dumps(content: Any) -> bytes:
@@ -95,8 +112,7 @@ class ApiError(StRuntimeError):
 
 ENDPOINT_TASKS = {"/v1/embeddings": "sentence-embedding", "/embed": "sentence-embedding",
                   "/embed_sparse": "sparse-embedding", "/rerank": "text-ranking", "/predict": "text-ranking"}
-_TEI_TYPES = {401: "Unauthorized", 404: "NotFound", 413: "Validation", 422: "Validation", 400: "Validation",
-              429: "Overloaded", 500: "Backend", 503: "Unhealthy"}
+_TEI_TYPES = {401: "Unauthorized", 404: "NotFound", 429: "Overloaded", 500: "Backend", 503: "Unhealthy"}  # else Validation
 _OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 
@@ -190,6 +206,8 @@ class Server:
             raise ApiError(429, f"Too many requests queued: {exc}.", headers={"Retry-After": "1"}) from None
         except RequestTooLargeError as exc:
             raise ApiError(413, str(exc), param="input") from None
+        except ShuttingDownError:
+            raise shutting_down() from None
         loop = asyncio.get_running_loop()
         watch: list[asyncio.Task] = []
         timer = loop.call_later(DISCONNECT_WATCH_AFTER,
@@ -233,6 +251,23 @@ def _prompt(served: ServedModel, prompt_name: str | None) -> str:
         raise ApiError(422, f"prompt_name: {exc.args[0]}.", param="prompt_name") from None
 
 
+def _check_finite(served: ServedModel, rows: list[Any] | np.ndarray) -> None:
+    """Raises ApiError 500 when a model output holds NaN or infinity: JSON has no such numbers (orjson would write null,
+    which no client reads as a float), and a NaN score cannot be ranked. The same rule as TEI ("score is NaN")."""
+    for index, row in enumerate(rows):
+        if not np.isfinite(row).all():
+            logger.error("st-serve: model %r returned NaN or infinity for input %d", served.name, index)
+            raise ApiError(500, f"Model {served.name!r} returned NaN or infinity for input {index}; such values cannot "
+                                "be answered as JSON. See the server log; check the exported model (st-export's "
+                                "parity check).")
+
+
+def shutting_down() -> ApiError:
+    """503 for a request the server stops before answering (shutdown past --graceful-timeout, or a stopped batcher)."""
+    return ApiError(503, "The server is shutting down and could not finish this request in time (--graceful-timeout); "
+                         "retry it.", headers={"Retry-After": "1", "Connection": "close"})
+
+
 def _truncate_normalize(served: ServedModel, rows: list[np.ndarray], dimensions: int | None, normalize: bool,
                         param: str) -> np.ndarray:
     """Rows stacked, truncated to `dimensions` then normalized, exactly as encode(truncate_dim, normalize_embeddings)."""
@@ -256,6 +291,7 @@ async def openai_embeddings(server: Server, receive: Receive, body: schemas.Open
                        param="dimensions")
     texts = _texts(body.input, "input")
     rows, tokens = await server.run(receive, served, ("embed", _prompt(served, None), None), texts)
+    _check_finite(served, rows)
     embeddings = _truncate_normalize(served, rows, body.dimensions, False, "dimensions")
     if body.encoding_format == "base64":
         values: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in embeddings]
@@ -270,6 +306,7 @@ async def embed(server: Server, receive: Receive, body: schemas.Embed) -> tuple[
     served = server.pick(body.model, "/embed")
     texts, prompt = _texts(body.inputs, "inputs"), _prompt(served, body.prompt_name)
     rows, tokens = await server.run(receive, served, ("embed", prompt, None), texts, {"truncate": body.truncate})
+    _check_finite(served, rows)
     embeddings = _truncate_normalize(served, rows, body.dimensions, body.normalize, "dimensions")
     return served.name, tokens, np.ascontiguousarray(embeddings, dtype=np.float32)
 
@@ -278,6 +315,7 @@ async def embed_sparse(server: Server, receive: Receive, body: schemas.EmbedSpar
     served = server.pick(body.model, "/embed_sparse")
     texts, prompt = _texts(body.inputs, "inputs"), _prompt(served, body.prompt_name)
     rows, tokens = await server.run(receive, served, ("sparse", prompt, None), texts, {"truncate": body.truncate})
+    _check_finite(served, [weights for _, weights in rows])
     return served.name, tokens, [[{"index": i, "value": v} for i, v in zip(ids.tolist(), weights.tolist(), strict=True)]
                                  for ids, weights in rows]
 
@@ -294,6 +332,7 @@ async def rerank(server: Server, receive: Receive, body: schemas.Rerank) -> tupl
     pairs = [(check[0], text) for text in texts]
     scores, tokens = await server.run(receive, served, ("pairs", _prompt(served, None), body.raw_scores), pairs,
                                       {"truncate": body.truncate})
+    _check_finite(served, scores)
     order = sorted(range(len(texts)), key=lambda i: -float(scores[i]))[: body.top_n]
     return served.name, tokens, [{"index": i, "score": float(scores[i]), **({"text": texts[i]} if body.return_text else {})}
                                  for i in order]
@@ -307,6 +346,7 @@ async def predict(server: Server, receive: Receive, body: schemas.Predict) -> tu
         _texts(list(pair), f"inputs[{index}]")
     scores, tokens = await server.run(receive, served, ("pairs", _prompt(served, None), body.raw_scores), pairs,
                                       {"truncate": body.truncate})
+    _check_finite(served, scores)
     results = []
     for score in scores:
         values = np.atleast_1d(np.asarray(score, dtype=np.float64)).tolist()
@@ -316,11 +356,23 @@ async def predict(server: Server, receive: Receive, body: schemas.Predict) -> tu
 
 
 async def tokenize(server: Server, receive: Receive, body: schemas.Tokenize) -> tuple[str, int, Any]:
+    """TEI's /tokenize, untruncated, under the limits of every endpoint (inputs per request, the model's queue, tokens)
+    and --max-tokenize-chars, which bounds its cost before anything is tokenized; the answer is built as JSON text
+    piece by piece (models.ServedModel._tokenize)."""
     served = server.pick(body.model, "/tokenize")
     prompt = _prompt(served, body.prompt_name)
     texts = [prompt + text for text in _texts(body.inputs, "inputs")]
-    tokens = await run_in_threadpool(served.tokenize, texts, body.add_special_tokens)
-    return served.name, sum(len(t) for t in tokens), tokens
+    chars, limit = sum(map(len, texts)), server.config.max_tokenize_chars
+    if chars > limit:
+        raise ApiError(413, f"/tokenize got {chars} characters (prompt included), more than --max-tokenize-chars "
+                            f"{limit}; send fewer or shorter inputs.", param="inputs")
+    results, _ = await server.run(receive, served, ("tokenize", "", body.add_special_tokens), texts)
+    tokens = sum(count for _, count in results)
+    max_tokens = server.config.limits.max_input_tokens
+    if max_tokens is not None and tokens > max_tokens:
+        raise ApiError(413, f"Request too large: the request has {tokens} tokens, more than --max-input-tokens "
+                            f"{max_tokens}. Send fewer or shorter inputs.", param="inputs")
+    return served.name, tokens, [fragment for fragment, _ in results]
 
 
 POST_ENDPOINTS: dict[str, tuple[type[BaseModel], Callable[..., Awaitable[tuple[str, int, Any]]]]] = {
@@ -347,6 +399,48 @@ def error_answer(exc: ApiError, path: str) -> tuple[bytes, dict[str, str]]:
     return dumps(payload), headers
 
 
+async def send_error(send: Send, exc: ApiError, path: str) -> None:
+    """Answer `exc` on an ASGI connection, in the dialect of `path`."""
+    body, headers = error_answer(exc, path)
+    await send({"type": "http.response.start", "status": exc.status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in headers.items())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_response(content: Any) -> Response:
+    """A GET answer, serialized like every other one (orjson: a NaN from a manifest becomes null, never a 500)."""
+    return Response(dumps(content), media_type="application/json")
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header: no port, no IPv6 brackets, no final dot, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def host_allowed(name: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a Host name matches --allowed-hosts: "*" any, "*.example.com" its subdomains, else the exact name."""
+    return any(pattern == "*" or name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:]))
+               for pattern in allowed)
+
+
+def check_content_type(content_type: str) -> None:
+    """Raises ApiError 415 unless the body is declared JSON (`application/json` or `application/*+json`, parameters
+    such as charset allowed). A missing Content-Type is refused too: a browser can send that (or a form's type)
+    cross-origin without a CORS preflight, JSON it cannot."""
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    got = f"Content-Type {media!r}" if media else "no Content-Type"
+    raise ApiError(415, f"The body must be JSON, sent with the header 'Content-Type: application/json' (got {got}); "
+                        "with curl: -H 'Content-Type: application/json'.", param="body")
+
+
 def check_api_key(api_key: bytes | None, authorization: str) -> None:
     """Raises ApiError 401 unless `authorization` is `Bearer <api_key>` (or no key is set)."""
     if api_key is None:
@@ -357,13 +451,13 @@ def check_api_key(api_key: bytes | None, authorization: str) -> None:
 
 
 class PostEndpoint:
-    """One POST endpoint as a plain ASGI app: API key, body (size-limited), validation by the endpoint's schema, the
-    handler, an orjson answer, and the request's metrics."""
+    """One POST endpoint as a plain ASGI app: API key, Content-Type, body (size- and time-limited), validation by the
+    endpoint's schema, the handler, an orjson answer, and the request's metrics."""
 
     def __init__(self, server: Server, path: str, api_key: bytes | None) -> None:
         self.server, self.path, self.api_key = server, path, api_key
         self.schema, self.handler = POST_ENDPOINTS[path]
-        self.max_bytes = server.config.max_request_bytes
+        self.max_bytes, self.body_timeout = server.config.max_request_bytes, server.config.body_timeout
         self.in_progress = server.metrics.in_progress.labels(path)
         self._counted: dict[tuple[str, int], tuple[Any, Any, Any]] = {}  # (model, status) -> metric children
 
@@ -377,11 +471,14 @@ class PostEndpoint:
             try:
                 headers = dict(scope["headers"])
                 check_api_key(self.api_key, headers.get(b"authorization", b"").decode("latin-1"))
+                check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
                 body = self.schema.model_validate_json(await self._body(receive, headers.get(b"content-length")))
                 model, tokens, payload = await self.handler(self.server, receive, body)
                 answer, extra = dumps(payload), {}
             except ValidationError as exc:
                 raise _validation_error(exc) from None
+            except asyncio.CancelledError:  # uvicorn cancels what is still running when --graceful-timeout ends
+                raise shutting_down() from None
         except ApiError as exc:
             status = exc.status
             answer, extra = error_answer(exc, self.path)
@@ -403,20 +500,27 @@ class PostEndpoint:
         if content_length is not None and content_length.isdigit() and int(content_length) > self.max_bytes:
             raise self._too_large()
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ApiError(499, "client closed the request")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise self._too_large()
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ApiError(499, "client closed the request")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise self._too_large()
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise ApiError(408, f"The body did not arrive within --body-timeout {self.body_timeout:g} s ({size} bytes "
+                                "came); send it at once.", headers={"Connection": "close"}) from None
         return b"".join(chunks)
 
     def _too_large(self) -> ApiError:
-        return ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.")
+        """413, and the connection closed: else uvicorn would go on reading (and dropping) a body that may not end."""
+        return ApiError(413, f"The body is larger than --max-request-bytes {self.max_bytes}.",
+                        headers={"Connection": "close"})
 
     def _observe(self, model: str, status: int, tokens: int, seconds: float) -> None:
         children = self._counted.get((model, status))
@@ -434,16 +538,27 @@ class PostEndpoint:
 
 class ServeApp:
     """The st-serve ASGI app: POST endpoints called directly, everything else through Starlette (`rest`); with
-    --cors, CORS wraps both."""
+    --cors, CORS wraps both; before all, the Host header must be one of --allowed-hosts."""
 
     def __init__(self, server: Server, posts: dict[str, PostEndpoint], rest: Starlette, cors: tuple[str, ...]) -> None:
         self.server, self._posts, self._rest = server, posts, rest
+        hosts = tuple(host_name(h) if h != "*" and not h.startswith("*.") else h.lower()
+                      for h in server.config.allowed_hosts)
+        self._hosts = None if "*" in hosts else hosts
         self._app: ASGIApp = self._dispatch
         if cors:
             self._app = CORSMiddleware(self._dispatch, allow_origins=list(cors), allow_methods=["GET", "POST"],
                                        allow_headers=["Authorization", "Content-Type"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._hosts is not None and scope["type"] == "http":
+            host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode("latin-1")
+            if not host_allowed(host_name(host), self._hosts):
+                await send_error(send, ApiError(
+                    400, f"Host {host!r} is not one this server answers to ({', '.join(self._hosts)}): call it by one "
+                         "of those names, or start st-serve with --allowed-hosts naming this one.", param="host"),
+                    scope["path"])
+                return
         await self._app(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -468,7 +583,7 @@ def create_app(config: ServeConfig) -> ServeApp:
         check_api_key(api_key, request.headers.get("authorization", ""))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": sorted(server.models)})
+        return json_response({"status": "ok", "models": sorted(server.models)})
 
     async def get_info(request: Request) -> Response:
         try:
@@ -477,7 +592,7 @@ def create_app(config: ServeConfig) -> ServeApp:
         except ApiError as exc:
             return error(exc, "/info")
         limits = config.limits
-        return JSONResponse(served.info() | {
+        return json_response(served.info() | {
             "models": sorted(server.models), "version": _version(), "max_batch_tokens": limits.max_batch_tokens,
             "max_batch_requests": limits.max_batch_size, "max_concurrent_requests": limits.max_queue,
             "max_input_tokens": limits.max_input_tokens, "max_client_batch_size": config.max_client_batch_size})
@@ -487,7 +602,7 @@ def create_app(config: ServeConfig) -> ServeApp:
             authorize(request)
         except ApiError as exc:
             return error(exc, "/v1/models")
-        return JSONResponse({"object": "list", "data": [
+        return json_response({"object": "list", "data": [
             {"id": name, "object": "model", "created": server.started, "owned_by": "st-serve",
              "task": m.task, "dimension": m.dimension, "max_seq_length": m.max_seq_length}
             for name, m in server.models.items()]})
@@ -502,8 +617,8 @@ def create_app(config: ServeConfig) -> ServeApp:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        yield {CONFIG_STATE: config}  # uvicorn hands the lifespan state to every connection: protocol.py reads it
         await run_in_threadpool(server.stop)
 
     posts = {path: PostEndpoint(server, path, api_key) for path in POST_ENDPOINTS}

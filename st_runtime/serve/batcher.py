@@ -33,6 +33,10 @@ class RequestTooLargeError(StRuntimeError):
     """A request over a limit it can never fit (answered 413)."""
 
 
+class ShuttingDownError(StRuntimeError):
+    """The batcher is stopping and takes no more work (answered 503)."""
+
+
 @dataclass(eq=False)
 class Job:
     """One request's inputs, queued for one model; `future` resolves to (results per input, token count)."""
@@ -55,11 +59,14 @@ class Job:
 @dataclass(frozen=True)
 class BatchLimits:
     """Batch budget: at most `max_batch_tokens` padded tokens (inputs x longest) and `max_batch_size` inputs per graph
-    run; at most `max_queue` inputs waiting per model; at most `max_input_tokens` tokens in one request."""
+    run; at most `max_queue` inputs waiting per model; at most `max_input_tokens` tokens in one request.
+
+    The queue holds two requests of st-serve's default --max-client-batch-size (2048), so that any request the client
+    limit lets through can be queued."""
 
     max_batch_tokens: int = 16384
     max_batch_size: int = 64
-    max_queue: int = 1024
+    max_queue: int = 4096
     max_input_tokens: int | None = None
 
 
@@ -125,6 +132,7 @@ class Batcher:
         Raises:
             RequestTooLargeError: more inputs than the whole queue holds.
             QueueFullError: the queue has no room for them now.
+            ShuttingDownError: the batcher is stopping.
         """
         if len(items) > self.limits.max_queue:
             raise RequestTooLargeError(f"{len(items)} inputs in one request; this server queues at most "
@@ -133,7 +141,7 @@ class Batcher:
         job = Job(key, items, loop.create_future(), loop, options or {})
         with self._cond:
             if self._stopping:
-                raise QueueFullError("the server is shutting down")
+                raise ShuttingDownError("the server is shutting down")
             if self._queued + len(items) > self.limits.max_queue:
                 raise QueueFullError(f"model {self.name!r} has {self._queued} inputs queued (--max-queue "
                                      f"{self.limits.max_queue}); retry later")

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ EXAMPLES = """examples:
   st-serve minilm                                   one model, named after its folder, on 127.0.0.1:8080
   st-serve minilm reranker --name embed --name rerank --port 9000
   st-serve minilm --variant qint8_avx512_vnni --threads 4 --max-batch-tokens 8192
-  ST_SERVE_API_KEY=secret st-serve minilm --host 0.0.0.0 --cors https://app.example.com
+  ST_SERVE_API_KEY=secret st-serve minilm --host 0.0.0.0 --allowed-hosts embed.example.com --cors https://app.example.com
   st-serve minilm --workers 4 --threads 2           4 processes on one port, 2 onnxruntime threads each
 """
 
@@ -37,12 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="padded tokens (inputs x longest) per graph run (default 16384)")
     p.add_argument("--max-batch-requests", type=int, default=64,
                    help="inputs (texts or pairs) per graph run, merged across requests (default 64)")
-    p.add_argument("--max-queue", type=int, default=1024,
-                   help="inputs waiting per model; beyond, 429 with Retry-After (default 1024)")
+    p.add_argument("--max-queue", type=int, default=4096,
+                   help="inputs waiting per model; beyond, 429 with Retry-After (default 4096; at least "
+                        "--max-client-batch-size)")
     p.add_argument("--max-input-tokens", type=int, help="tokens in one request; beyond, 413 (default: no limit)")
     p.add_argument("--max-client-batch-size", type=int, default=2048,
                    help="inputs in one request; beyond, 413 (default 2048)")
     p.add_argument("--max-request-bytes", type=int, default=32 << 20, help="request body size; beyond, 413 (32 MiB)")
+    p.add_argument("--max-tokenize-chars", type=int, default=1 << 18,
+                   help="characters of one /tokenize request, prompt included; beyond, 413 (default 262144)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds for a request body to arrive after its headers; beyond, 408 (default 30)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds for a request's headers to arrive; beyond, 408 and the connection is closed "
+                        "(default 10)")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections per process; the next ones are answered 503 (default 1000)")
+    p.add_argument("--allowed-hosts", nargs="+", metavar="HOST",
+                   help="Host header names answered, e.g. embed.example.com, '*.example.com', '*' for any; others get "
+                        "400 (default: localhost, 127.0.0.1 and ::1 when --host is a loopback address, else any)")
     p.add_argument("--api-key", default=os.environ.get("ST_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $ST_SERVE_API_KEY; none: no key)")
     p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="origins allowed by CORS ('*' for any)")
@@ -78,17 +93,57 @@ def config_from_args(args: argparse.Namespace) -> object:
             raise ArgumentError(f"Two models are named {name!r}; give each its own with --name.")
         models.append(ModelConfig(name, str(path.resolve()), args.variant))
     for flag in ("max_batch_tokens", "max_batch_requests", "max_queue", "max_client_batch_size", "max_request_bytes",
-                 "workers"):
+                 "max_tokenize_chars", "max_connections", "workers"):
         if getattr(args, flag) < 1:
             raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
     for flag in ("threads", "max_input_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
+    for flag in ("body_timeout", "header_timeout", "graceful_timeout"):
+        if not getattr(args, flag) > 0:
+            raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got "
+                                f"{getattr(args, flag)}.")
     limits = BatchLimits(max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_requests,
                          max_queue=args.max_queue, max_input_tokens=args.max_input_tokens)
     return ServeConfig(models=tuple(models), threads=args.threads, limits=limits,
                        max_client_batch_size=args.max_client_batch_size, max_request_bytes=args.max_request_bytes,
-                       api_key=args.api_key or None, cors=tuple(args.cors))
+                       max_tokenize_chars=args.max_tokenize_chars, api_key=args.api_key or None, cors=tuple(args.cors),
+                       allowed_hosts=tuple(args.allowed_hosts or default_allowed_hosts(args.host)),
+                       body_timeout=args.body_timeout, header_timeout=args.header_timeout,
+                       max_connections=args.max_connections)
+
+
+def default_allowed_hosts(host: str) -> tuple[str, ...]:
+    """Bound to a loopback address, only this machine can connect, but any web page its browser opens can reach the
+    server through DNS rebinding (a name of the page's that then resolves to 127.0.0.1); answering only the loopback
+    names stops that. Bound elsewhere, the names the server is reached by are unknown: any (set --allowed-hosts)."""
+    from st_runtime.serve.app import LOOPBACK_HOSTS
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, host))) if loopback else ("*",)
+
+
+def ensure_file_limit(max_connections: int) -> None:
+    """Raise the soft open-file limit towards the hard one so that --max-connections connections (and the models'
+    files) fit: past the limit, accept() fails and new clients wait unanswered.
+
+    Raises:
+        ArgumentError: the hard limit is too low for --max-connections.
+    """
+    from st_runtime.errors import ArgumentError
+
+    needed = max_connections + 128  # the models' files, the listening socket, the batchers' threads' pipes, ...
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        raise ArgumentError(f"--max-connections {max_connections} needs about {needed} open files, and this process "
+                            f"may open {hard} (ulimit -n); lower --max-connections or raise the limit.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,10 +160,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from st_runtime.serve.app import CONFIG_ENV, create_app
+    from st_runtime.serve.protocol import ServeProtocol
 
     config = config_from_args(args)
+    ensure_file_limit(args.max_connections)
     uvicorn_args = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log,
-                    "timeout_graceful_shutdown": args.graceful_timeout}
+                    "timeout_graceful_shutdown": args.graceful_timeout, "http": ServeProtocol, "lifespan": "on"}
     if args.workers > 1:
         os.environ[CONFIG_ENV] = config.to_json()  # type: ignore[attr-defined]
         target: object = "st_runtime.serve.app:app_from_env"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from st_runtime.errors import ManifestError
 from st_runtime.kinds import model_class
@@ -17,8 +18,10 @@ from st_runtime.serve.batcher import Batcher, BatchLimits, RequestTooLargeError
 
 SERVED_TASKS = ("sentence-embedding", "text-ranking", "sparse-embedding")  # classes: st_runtime.kinds
 
-# Batch keys: ("embed" | "sparse", prompt text, route task) and ("pairs", prompt text, raw scores).
+# Batch keys: ("embed" | "sparse", prompt text, route task), ("pairs", prompt text, raw scores) and
+# ("tokenize", "", add_special_tokens).
 Key = tuple[str, str, Any]
+TOKENIZE_CHUNK = 4096  # tokens turned into JSON objects at a time by /tokenize
 
 
 class ServedModel:
@@ -89,13 +92,15 @@ class ServedModel:
             "default_prompt_name": self.manifest.default_prompt_name,
             "accuracy": variant.accuracy,
             "parity": {k: v for k, v in self.manifest.parity.items() if isinstance(v, (int, float, str, bool))},
-            "source": self.manifest.source.get("name_or_path"),  # the model st-export read (a Hub id or a path)
+            "source": public_source(self.manifest.source.get("name_or_path")),  # the model st-export read
         }
 
     # -- called by the batcher's worker thread -------------------------------------------------------------------------
 
     def _run(self, key: Hashable, inputs: list[Any]) -> Sequence[Any]:
         kind, prompt, extra = key  # type: ignore[misc]
+        if kind == "tokenize":
+            return self._tokenize(inputs, add_special_tokens=extra)
         if kind == "embed":
             return self.model.encode(inputs, prompt=prompt, batch_size=len(inputs), task=extra, show_progress_bar=False)
         if kind == "sparse":
@@ -109,6 +114,8 @@ class ServedModel:
         """Tokens per input (special tokens and prompt included, after truncation); with options["truncate"] False,
         refuse inputs longer than max_seq_length as TEI does."""
         kind, prompt, _ = key  # type: ignore[misc]
+        if kind == "tokenize":  # no graph run: each text is one unit of a batch (its cost is bounded by its characters)
+            return np.ones(len(inputs), dtype=np.int64)
         texts = [(prompt + a, b) for a, b in inputs] if kind == "pairs" else [prompt + t for t in inputs]
         lengths = self.model.tokenizer.token_counts(texts)
         limit = self.max_seq_length
@@ -126,14 +133,25 @@ class ServedModel:
                 self._raw_tokenizer = raw_tokenizer(self.folder, self.manifest.tokenizer.file)
             return self._raw_tokenizer
 
-    def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict[str, Any]]]:
-        """TEI's /tokenize: the tokens of every text (untruncated), with ids, strings and character offsets."""
+    def _tokenize(self, texts: list[str], *, add_special_tokens: bool) -> list[tuple[list[orjson.Fragment], int]]:
+        """TEI's /tokenize for a batch of texts: per text, its tokens (untruncated) as {"id", "text", "special",
+        "start", "stop"} objects, already serialized a chunk at a time (orjson writes a list of such fragments as one
+        JSON array), and their count. The objects of at most TOKENIZE_CHUNK tokens exist at a time, so a text costs
+        about its JSON, not a dict per token."""
+        tokenizer = self._untruncated()
         out = []
-        for text, encoding in zip(texts, self._untruncated().encode_batch(texts, add_special_tokens=add_special_tokens),
+        for text, encoding in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens),
                                   strict=True):
-            out.append([{"id": i, "text": text[s:e] if not special else tok, "special": bool(special), "start": s,
-                         "stop": e} for i, tok, (s, e), special in zip(encoding.ids, encoding.tokens, encoding.offsets,
-                                                                        encoding.special_tokens_mask, strict=True)])
+            ids, offsets, special = encoding.ids, encoding.offsets, encoding.special_tokens_mask
+            parts = []
+            for first in range(0, len(ids), TOKENIZE_CHUNK):
+                chunk = [{"id": i, "text": tokenizer.id_to_token(i) if flag else text[s:e], "special": bool(flag),
+                          "start": s, "stop": e}
+                         for i, (s, e), flag in zip(ids[first:first + TOKENIZE_CHUNK],
+                                                     offsets[first:first + TOKENIZE_CHUNK],
+                                                     special[first:first + TOKENIZE_CHUNK], strict=True)]
+                parts.append(orjson.Fragment(orjson.dumps(chunk)[1:-1]))
+            out.append((parts, len(ids)))
         return out
 
 
@@ -145,6 +163,17 @@ def raw_tokenizer(folder: Path, file: str) -> Any:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
+
+
+def public_source(name_or_path: str | None) -> str | None:
+    """The source model's name as /info may show it: a Hub id as is, a local path by its last part only (the export
+    machine's folders are nobody's business)."""
+    if not name_or_path:
+        return name_or_path
+    posix = name_or_path.replace("\\", "/")
+    if posix.startswith(("/", "~", ".")) or posix.count("/") > 1 or ":" in posix:
+        return posix.rstrip("/").rsplit("/", 1)[-1]
+    return name_or_path
 
 
 def _as_args(text: str | tuple[str, str]) -> tuple[str, ...]:
