@@ -442,3 +442,35 @@ def test_requests_still_running_past_the_grace_period_get_503(folders):  # noqa:
         if r.status_code == 503:
             assert "--graceful-timeout" in r.json()["error"] and r.json()["error_type"] == "Unhealthy"
     assert "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+# -- long inputs in any script (the tokenizer's exact cut and id truncation; tests/test_long_inputs.py) ------------
+
+def test_a_long_pair_without_ascii_boundaries_is_scored_not_fatal(make_app, folders):  # noqa: F811
+    """The audit's /rerank of ("¡" * 60000) twice aborted the server (quadratic pair truncation in tokenizers); now
+    it is scored like any pair, and as the runtime scores it directly."""
+    import st_runtime
+
+    app = make_app()
+    query = "¡" * 60_000
+    texts = ["¡" * 60_000, "東京\u3000" * 20_000, "short"]
+    r, = call(app, [("POST", "/rerank", {"json": {"query": query, "texts": texts, "raw_scores": True}})])
+    assert r.status_code == 200, r.text
+    scores = {item["index"]: item["score"] for item in r.json()}
+    direct = st_runtime.CrossEncoder(folders["rerank"], intra_op_num_threads=1)
+    expected = direct.predict([(query, t) for t in texts], activation_fn="identity")
+    np.testing.assert_allclose([scores[i] for i in range(3)], expected, atol=1e-5)
+
+
+def test_text_that_must_be_tokenized_whole_is_bounded_per_request(make_app):
+    """A run without any boundary the tokenizer splits at (one 'word' here) is tokenized whole: its characters count
+    against --max-uncut-chars; text that can be cut, however long, does not."""
+    app = make_app(limits=BatchLimits(max_uncut_chars=100_000))
+    over, cut, truncate = call(app, [
+        ("POST", "/embed", {"json": {"inputs": ["ok", "x" * 150_000]}}),
+        ("POST", "/v1/embeddings", {"json": {"model": "embed", "input": ["¡" * 1_000_000, "語\u3000" * 500_000]}}),
+        ("POST", "/embed", {"json": {"inputs": ["ok", "word " * 200_000], "truncate": False}}),
+    ])
+    assert over.status_code == 413 and "input 1" in message(over) and "--max-uncut-chars" in message(over)
+    assert cut.status_code == 200, cut.text
+    assert truncate.status_code == 413 and "input 1" in message(truncate)

@@ -59,7 +59,9 @@ class Job:
 @dataclass(frozen=True)
 class BatchLimits:
     """Batch budget: at most `max_batch_tokens` padded tokens (inputs x longest) and `max_batch_size` inputs per graph
-    run; at most `max_queue` inputs waiting per model; at most `max_input_tokens` tokens in one request.
+    run; at most `max_queue` inputs waiting per model; at most `max_input_tokens` tokens in one request; at most
+    `max_uncut_chars` characters of text in one request that the tokenizer cannot cut before tokenizing
+    (`TextTokenizer.token_counts`).
 
     The queue holds two requests of st-serve's default --max-client-batch-size (2048), so that any request the client
     limit lets through can be queued."""
@@ -68,6 +70,8 @@ class BatchLimits:
     max_batch_size: int = 64
     max_queue: int = 4096
     max_input_tokens: int | None = None
+    # characters of one request that must be tokenized whole (no exact cut found): about 500 bytes each in tokenizers
+    max_uncut_chars: int = 1 << 20
 
 
 class Batcher:

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs waiting per model; beyond, 429 with Retry-After (default 4096; at least "
                         "--max-client-batch-size)")
     p.add_argument("--max-input-tokens", type=int, help="tokens in one request; beyond, 413 (default: no limit)")
+    p.add_argument("--max-uncut-chars", type=int, default=1 << 20,
+                   help="characters in one request that must be tokenized whole (a run of text without any space or "
+                        "punctuation the model's tokenizer splits at); beyond, 413 (default 1 Mi)")
     p.add_argument("--max-client-batch-size", type=int, default=2048,
                    help="inputs in one request; beyond, 413 (default 2048)")
     p.add_argument("--max-request-bytes", type=int, default=32 << 20, help="request body size; beyond, 413 (32 MiB)")
@@ -96,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> object:
                  "max_tokenize_chars", "max_connections", "workers"):
         if getattr(args, flag) < 1:
             raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
-    for flag in ("threads", "max_input_tokens"):
+    for flag in ("threads", "max_input_tokens", "max_uncut_chars"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive int, got {getattr(args, flag)}.")
     for flag in ("body_timeout", "header_timeout", "graceful_timeout"):
@@ -104,7 +107,8 @@ def config_from_args(args: argparse.Namespace) -> object:
             raise ArgumentError(f"--{flag.replace('_', '-')} must be a positive number of seconds, got "
                                 f"{getattr(args, flag)}.")
     limits = BatchLimits(max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_requests,
-                         max_queue=args.max_queue, max_input_tokens=args.max_input_tokens)
+                         max_queue=args.max_queue, max_input_tokens=args.max_input_tokens,
+                         max_uncut_chars=args.max_uncut_chars)
     return ServeConfig(models=tuple(models), threads=args.threads, limits=limits,
                        max_client_batch_size=args.max_client_batch_size, max_request_bytes=args.max_request_bytes,
                        max_tokenize_chars=args.max_tokenize_chars, api_key=args.api_key or None, cors=tuple(args.cors),

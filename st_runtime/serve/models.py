@@ -3,6 +3,7 @@ graph runs and token counts the batcher calls, built only on the runtime's publi
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from st_runtime.errors import ManifestError
+from st_runtime.errors import ManifestError, UncutTextError
 from st_runtime.kinds import model_class
 from st_runtime.manifest import folder_file, load_manifest
 from st_runtime.serve.batcher import Batcher, BatchLimits, RequestTooLargeError
+from st_runtime.tokenizer import TextTokenizer
 
 SERVED_TASKS = ("sentence-embedding", "text-ranking", "sparse-embedding")  # classes: st_runtime.kinds
 
@@ -49,6 +51,7 @@ class ServedModel:
         self.model: Any = model_class(manifest.task)(folder, variant=variant, intra_op_num_threads=threads)
         self.manifest = self.model.manifest
         self._raw_tokenizer: Any = None
+        self._limit_counter: TextTokenizer | None = None
         self._raw_lock = threading.Lock()
         self.batcher = Batcher(name, self._run, self._count, limits or BatchLimits(), on_batch)
 
@@ -117,15 +120,28 @@ class ServedModel:
         if kind == "tokenize":  # no graph run: each text is one unit of a batch (its cost is bounded by its characters)
             return np.ones(len(inputs), dtype=np.int64)
         texts = [(prompt + a, b) for a, b in inputs] if kind == "pairs" else [prompt + t for t in inputs]
-        lengths = self.model.tokenizer.token_counts(texts)
-        limit = self.max_seq_length
-        if options.get("truncate") is False and limit is not None:
-            for index in np.flatnonzero(lengths >= limit):
-                full = len(self._untruncated().encode(*_as_args(texts[index])).ids)
-                if full > limit:
-                    raise RequestTooLargeError(f"input {index} has {full} tokens, more than this model's "
-                                               f"max_seq_length {limit}; shorten it or send truncate=true")
+        try:
+            lengths = self.model.tokenizer.token_counts(texts, max_uncut_chars=self.batcher.limits.max_uncut_chars)
+            limit = self.max_seq_length
+            if options.get("truncate") is False and limit is not None:
+                longer = np.flatnonzero(lengths >= limit)
+                if len(longer):  # counted again truncated one token later (a cut long text costs as a short one)
+                    beyond = self._counter(limit + 1).token_counts([texts[i] for i in longer])
+                    for index in longer[beyond > limit][:1]:
+                        raise RequestTooLargeError(f"input {index} has more than {limit} tokens, this model's "
+                                                   f"max_seq_length; shorten it or send truncate=true")
+        except UncutTextError as exc:
+            raise RequestTooLargeError(f"{exc} (--max-uncut-chars)") from exc
         return lengths
+
+    def _counter(self, max_seq_length: int) -> TextTokenizer:
+        """The model's tokenizer truncating at `max_seq_length` instead (to tell an input of exactly max_seq_length
+        tokens from a longer one without tokenizing all of it)."""
+        with self._raw_lock:
+            if self._limit_counter is None or self._limit_counter.max_seq_length != max_seq_length:
+                spec = dataclasses.replace(self.model.tokenizer.spec, max_seq_length=max_seq_length)
+                self._limit_counter = TextTokenizer(self.folder, spec)
+            return self._limit_counter
 
     def _untruncated(self) -> Any:
         with self._raw_lock:
@@ -174,7 +190,3 @@ def public_source(name_or_path: str | None) -> str | None:
     if posix.startswith(("/", "~", ".")) or posix.count("/") > 1 or ":" in posix:
         return posix.rstrip("/").rsplit("/", 1)[-1]
     return name_or_path
-
-
-def _as_args(text: str | tuple[str, str]) -> tuple[str, ...]:
-    return text if isinstance(text, tuple) else (text,)
