@@ -3,7 +3,9 @@ padding/truncation settings stored in tokenizer.json, which often differ from wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,11 @@ from tokenizers import Tokenizer
 from st_runtime.errors import ModelFileError, UncutTextError
 from st_runtime.long_texts import LongTextCutter, first_budget
 from st_runtime.manifest import TokenizerSpec, folder_file
-from st_runtime.truncation import Templates, encode_truncated
+from st_runtime.truncation import Encoded, Templates, encode_truncated
 
 Feeds = dict[str, np.ndarray]
 TOKENIZE_PIECE = 4096  # texts per tokenizers call in `TextTokenizer.tokenize`
+KEEP_TEXTS = 8192  # encodings `TextTokenizer.token_counts(keep=True)` holds for the next `tokenize` of the same texts
 
 
 class TokenizedTexts:
@@ -69,6 +72,7 @@ class TextTokenizer:
         self._prompt_lengths: dict[str, int] = {}
         self._cutter = LongTextCutter(self._tokenizer)  # long texts cut before tokenizing, same tokens
         self._templates: Templates | bool | None = False  # read on the first long text (False: not yet)
+        self._kept = _KeptEncodings()
 
     @property
     def max_seq_length(self) -> int | None:
@@ -93,7 +97,13 @@ class TextTokenizer:
         ids: list[np.ndarray] = []
         type_ids: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
-        for encodings in self._encoded_pieces(texts):
+        for _, encodings in self._encoded_pieces(texts):
+            if encodings and all(isinstance(e, Encoded) and isinstance(e.ids, np.ndarray) for e in encodings):
+                # held by token_counts(keep=True): already compact arrays
+                lengths.append(np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)))
+                ids.append(np.concatenate([e.ids for e in encodings]).astype(np.int32, copy=False))
+                type_ids.append(np.concatenate([e.type_ids for e in encodings]).astype(np.int8, copy=False))
+                continue
             id_lists = [e.ids for e in encodings]  # each `e.ids` builds a new Python list: read it once
             counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
             total = int(counts.sum())
@@ -103,53 +113,70 @@ class TextTokenizer:
         return TokenizedTexts(_joined(ids, np.int32), _joined(type_ids, np.int8), _joined(lengths, np.int64), self.spec)
 
     def token_counts(self, texts: Sequence[str] | Sequence[tuple[str, str]], *,
-                     max_uncut_chars: int | None = None) -> np.ndarray:
-        """Tokens per text (or pair) as `tokenize` counts them (special tokens included, after truncation), without
-        keeping the ids.
+                     max_uncut_chars: int | None = None, keep: bool = False) -> np.ndarray:
+        """Tokens per text (or pair) as `tokenize` counts them (special tokens included, after truncation).
 
         Args:
             max_uncut_chars: refuse (`UncutTextError`, naming the first text past it) texts whose sides that must be
                 tokenized whole, as no exact cut was found in them (a run without any space or punctuation the
                 tokenizer splits at, or a model that is never truncated), hold more characters together than this:
                 a bound on a server's cost per request. None: no bound.
+            keep: hold the ids for the next `tokenize` of the same texts, so that a server that counts a request
+                when it arrives and encodes it later tokenizes it once (at most KEEP_TEXTS texts, oldest dropped).
         """
-        counts = [np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-                  for encodings in self._encoded_pieces(texts, max_uncut_chars)]
+        counts = []
+        for piece, encodings in self._encoded_pieces(texts, max_uncut_chars):
+            counts.append(np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings)))
+            if keep:
+                self._kept.put(piece, encodings)
         return _joined(counts, np.int64)
 
-    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]],
-                        max_uncut_chars: int | None = None) -> Iterator[list[Any]]:
-        """Encodings (`.ids`, `.type_ids`, `len`) of TOKENIZE_PIECE texts at a time, truncated. Long texts are cut
-        first (same tokens), and those still long after the cut are truncated on their ids (`st_runtime.truncation`:
-        linear cost, where `tokenizers` is quadratic on a long pair)."""
+    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]], max_uncut_chars: int | None = None
+                        ) -> Iterator[tuple[list[Any], list[Any]]]:
+        """(keys, encodings) of TOKENIZE_PIECE texts at a time, truncated; encodings have `.ids`, `.type_ids`, `len`.
+        Texts a `token_counts(keep=True)` counted are taken from it; long texts are cut first (same tokens), and those
+        still long after the cut are truncated on their ids (`st_runtime.truncation`: linear cost, where `tokenizers`
+        is quadratic on a long pair)."""
         tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
         truncation = tokenizer.truncation
+        setting = None if truncation is None else (truncation["max_length"], truncation["direction"])
         uncut = _UncutBound(max_uncut_chars)
         for start in range(0, len(texts), TOKENIZE_PIECE):
             piece = list(texts[start : start + TOKENIZE_PIECE])
-            if truncation is None or truncation["stride"]:
-                uncut.check(piece, start, 0)
-                yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)  # no character offsets
-                continue
-            max_length, direction = truncation["max_length"], truncation["direction"]
-            piece = self._cutter.cut(piece, max_length, direction)
-            budget = first_budget(max_length)
-            uncut.check(piece, start, budget)
-            long = [i for i, item in enumerate(piece) if _longest_side(item) > budget]
-            templates = self._long_templates() if long else None
-            if templates is None:
-                yield tokenizer.encode_batch_fast(piece, add_special_tokens=True)
-                continue
-            short = [i for i, item in enumerate(piece) if _longest_side(item) <= budget]
-            encodings: list[Any] = [None] * len(piece)
-            for i, encoding in zip(short, tokenizer.encode_batch_fast([piece[i] for i in short],
-                                                                        add_special_tokens=True), strict=True):
-                encodings[i] = encoding
-            truncated = encode_truncated(self._cutter.counter, templates, [piece[i] for i in long], max_length,
-                                         direction)
-            for i, encoding in zip(long, truncated, strict=True):
-                encodings[i] = encoding
-            yield encodings
+            keys = [(setting, item) for item in piece]
+            kept = self._kept.take(keys) if self._kept else None
+            if kept is None or None in kept:
+                missing = range(len(piece)) if kept is None else [i for i, e in enumerate(kept) if e is None]
+                encoded = self._encode([piece[i] for i in missing], tokenizer, uncut, start)
+                if kept is None:
+                    kept = encoded
+                else:
+                    for i, encoding in zip(missing, encoded, strict=True):
+                        kept[i] = encoding
+            yield keys, kept
+
+    def _encode(self, piece: list[Any], tokenizer: Tokenizer, uncut: _UncutBound, start: int) -> list[Any]:
+        truncation = tokenizer.truncation
+        if truncation is None or truncation["stride"]:
+            uncut.check(piece, start, 0)
+            return tokenizer.encode_batch_fast(piece, add_special_tokens=True)  # no character offsets
+        max_length, direction = truncation["max_length"], truncation["direction"]
+        piece = self._cutter.cut(piece, max_length, direction)
+        budget = first_budget(max_length)
+        uncut.check(piece, start, budget)
+        long = [i for i, item in enumerate(piece) if _longest_side(item) > budget]
+        templates = self._long_templates() if long else None
+        if templates is None:
+            return tokenizer.encode_batch_fast(piece, add_special_tokens=True)
+        short = [i for i, item in enumerate(piece) if _longest_side(item) <= budget]
+        encodings: list[Any] = [None] * len(piece)
+        for i, encoding in zip(short, tokenizer.encode_batch_fast([piece[i] for i in short], add_special_tokens=True),
+                               strict=True):
+            encodings[i] = encoding
+        truncated = encode_truncated(self._cutter.counter, templates, [piece[i] for i in long], max_length, direction)
+        for i, encoding in zip(long, truncated, strict=True):
+            encodings[i] = encoding
+        return encodings
 
     def _long_templates(self) -> Templates | None:
         """The special-token templates for truncating long texts on their ids (None: this tokenizer's post-processor
@@ -170,6 +197,32 @@ class TextTokenizer:
                 length -= 1
             self._prompt_lengths[prompt] = length
         return self._prompt_lengths[prompt]
+
+
+class _KeptEncodings:
+    """Encodings `token_counts(keep=True)` counted, held for the next `tokenize` of the same text under the same
+    truncation (as compact arrays; at most KEEP_TEXTS, the oldest dropped first). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Hashable, Encoded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def put(self, keys: list[Hashable], encodings: list[Any]) -> None:
+        held = [Encoded(np.asarray(e.ids, dtype=np.int32), np.asarray(e.type_ids, dtype=np.int8)) for e in encodings]
+        with self._lock:
+            for key, encoding in zip(keys, held, strict=True):
+                self._entries[key] = encoding
+                self._entries.move_to_end(key)
+            while len(self._entries) > KEEP_TEXTS:
+                self._entries.popitem(last=False)
+
+    def take(self, keys: list[Hashable]) -> list[Any]:
+        """The held encoding of each key (None where there is none), no longer held."""
+        with self._lock:
+            return [self._entries.pop(key, None) for key in keys]
 
 
 class _UncutBound:

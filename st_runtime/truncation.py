@@ -11,6 +11,7 @@ and wrapped in the special tokens of the tokenizer's own post-processor, read on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -33,8 +34,8 @@ class Segment:
 class Encoded:
     """Ids and type ids of one text or pair, special tokens included (what the runtime reads of an encoding)."""
 
-    ids: list[int]
-    type_ids: list[int]
+    ids: Sequence[int]
+    type_ids: Sequence[int]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -28,7 +28,7 @@ import st_runtime
 from exporters import export
 from st_runtime.long_texts import CutRule, LongTextCutter, cut_rule, first_budget, tokenizer_config
 from st_runtime.manifest import TokenizerSpec
-from st_runtime.tokenizer import TextTokenizer
+from st_runtime.tokenizer import KEEP_TEXTS, TextTokenizer
 
 PIECES = [
     "word", "The", "cat", "naïve", "Résumé", "e\u0301", "a\u0301\u0301\u0301", "\u0301", "x" * 30, "a" * 120, "b" * 101,
@@ -471,7 +471,7 @@ def test_pairs_without_ascii_boundaries_cost_linear_time(tmp_path):
 MEMORY_PROBE = """
 import resource, sys
 from st_runtime.manifest import TokenizerSpec
-from st_runtime.tokenizer import TextTokenizer
+from st_runtime.tokenizer import KEEP_TEXTS, TextTokenizer
 tokenizer = TextTokenizer(sys.argv[1], TokenizerSpec(max_seq_length=256))
 tokenizer.token_counts([("short question", "a short answer")] * 32)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -512,3 +512,26 @@ def test_a_bound_on_text_tokenized_whole_names_the_input(tmp_path):
     with pytest.raises(UncutTextError):  # together past the bound
         qwen.token_counts([("q", thai[:3000]), (thai[:3000], "q")], max_uncut_chars=5000)
     assert qwen.token_counts([thai], max_uncut_chars=10_000)[0] == 64
+
+
+def test_counted_texts_are_tokenized_once(monkeypatch):
+    """token_counts(keep=True) holds the ids for the next tokenize of the same texts under the same truncation (a
+    server counts a request on arrival and encodes it later): tokenizers runs once per text, with the same result."""
+    tokenizer = TextTokenizer(minilm_tokenizer_json().parent, TokenizerSpec(max_seq_length=32))
+    texts = ["a short text", "東京は日本の首都です。" * 50, "¡" * 5000, "short text"]
+    expected = tokenizer.tokenize(texts)
+    seen: list[int] = []
+    encode = TextTokenizer._encode
+    monkeypatch.setattr(TextTokenizer, "_encode", lambda self, piece, *a: seen.append(len(piece)) or encode(self, piece, *a))
+    counts = tokenizer.token_counts(texts, keep=True)
+    again = tokenizer.tokenize(texts)
+    assert seen == [len(texts)] and list(counts) == list(again.lengths)
+    for name, value in again.batch(range(len(texts))).items():
+        np.testing.assert_array_equal(value, expected.batch(range(len(texts)))[name])
+    tokenizer.tokenize(texts)  # taken once: a second tokenize runs tokenizers
+    assert seen == [len(texts), len(texts)]
+    tokenizer.token_counts(texts[:2], keep=True)
+    tokenizer.set_max_seq_length(16)  # another truncation: the held ids do not apply
+    assert tokenizer.tokenize(texts[:2]).lengths.max() == 16 and seen[-1] == 2
+    tokenizer.token_counts([f"text {i}" for i in range(KEEP_TEXTS + 10)], keep=True)
+    assert len(tokenizer._kept._entries) == KEEP_TEXTS

@@ -474,3 +474,17 @@ def test_text_that_must_be_tokenized_whole_is_bounded_per_request(make_app):
     assert over.status_code == 413 and "input 1" in message(over) and "--max-uncut-chars" in message(over)
     assert cut.status_code == 200, cut.text
     assert truncate.status_code == 413 and "input 1" in message(truncate)
+
+
+def test_a_request_is_tokenized_once(make_app, monkeypatch):
+    """The count for `usage` and the limits and the graph run share one tokenization of each input."""
+    from st_runtime.tokenizer import TextTokenizer
+
+    seen: list[int] = []
+    encode = TextTokenizer._encode
+    monkeypatch.setattr(TextTokenizer, "_encode", lambda self, piece, *a: seen.append(len(piece)) or encode(self, piece, *a))
+    app = make_app()
+    embed, rerank = call(app, [("POST", "/embed", {"json": {"inputs": SCRIPTS}})]) + call(
+        app, [("POST", "/rerank", {"json": {"query": "which one?", "texts": SCRIPTS}})])
+    assert embed.status_code == rerank.status_code == 200
+    assert sum(seen) == 2 * len(SCRIPTS), seen

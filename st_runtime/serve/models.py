@@ -121,7 +121,8 @@ class ServedModel:
             return np.ones(len(inputs), dtype=np.int64)
         texts = [(prompt + a, b) for a, b in inputs] if kind == "pairs" else [prompt + t for t in inputs]
         try:
-            lengths = self.model.tokenizer.token_counts(texts, max_uncut_chars=self.batcher.limits.max_uncut_chars)
+            lengths = self.model.tokenizer.token_counts(texts, max_uncut_chars=self.batcher.limits.max_uncut_chars,
+                                                        keep=True)  # the graph run takes these ids: tokenized once
             limit = self.max_seq_length
             if options.get("truncate") is False and limit is not None:
                 longer = np.flatnonzero(lengths >= limit)
