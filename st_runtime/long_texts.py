@@ -132,22 +132,25 @@ def cut_rule(config: dict[str, Any], tokenizer: Tokenizer | None = None) -> CutR
     # whitespace runs as tokens, so other whitespace is no boundary for them.
     if any(token.get("rstrip") for token in added):
         directions.discard("left")  # an added token before the cut would swallow the space the kept part starts with
-    alternatives = [_WORD_BEFORE + (_NO_PREPEND_BEFORE if precompiled else "") + " "]
+    both = [_WORD_BEFORE + (_NO_PREPEND_BEFORE if precompiled else "") + " "]  # boundaries for both sides
+    right_only: list[str] = []
     if tokenizer is not None and _regex_pre_tokenizer(pre_steps[0]) and kinds <= {"NFC", "NFKC"}:
         # A regex pre-tokenizer ends a run of letters at the first character that is no letter: punctuation or a
         # symbol after a letter is a boundary (CJK, Thai or any text without spaces but with punctuation). Only
         # letters and characters that no normalizer changes, and only those this tokenizer is seen to split at.
         chars = "".join(c for c in _split_after_letter_chars(tokenizer) if c not in excluded)
         if chars:
-            alternatives.append(f"(?<=[{_stable_letters()}])[{re.escape(chars)}]")
-            if any(step.get("add_prefix_space") for step in pre_steps):
-                directions.discard("left")  # a kept end that starts with punctuation would gain a space
-                right = re.compile("|".join(alternatives))
-                left = re.compile(alternatives[0])
-                return CutRule(right=right if "right" in directions else None,
-                               left=left if "left" in directions else None)
-    pattern = re.compile("|".join(alternatives))
-    return CutRule(right=pattern if "right" in directions else None, left=pattern if "left" in directions else None)
+            prefix_space = any(step.get("add_prefix_space") for step in pre_steps)  # a kept end would gain a space
+            (right_only if prefix_space else both).append(f"(?<=[{_stable_letters()}])[{re.escape(chars)}]")
+    if tokenizer is not None and model.get("type") == "Unigram" and pre_steps[0].get("type") == "Metaspace":
+        # Inside a word: punctuation that no piece joins to what precedes it (XLM-R, T5: CJK and Thai text without
+        # spaces). Right cuts only: the "▁" a kept end would gain.
+        chars = "".join(c for c in _unjoined_punctuation(tokenizer) if c not in excluded)
+        if chars:
+            right_only.append(f"(?<=\\w){_NO_PREPEND_BEFORE}[{re.escape(chars)}]")
+    right = re.compile("|".join(both + right_only)) if "right" in directions else None
+    left = re.compile("|".join(both)) if "left" in directions else None
+    return CutRule(right=right, left=left)
 
 
 # The pre-tokenizer regexes of Qwen2/Qwen3 and of Llama 3 (Split, then ByteLevel without its own regex): runs of letters,
@@ -224,6 +227,22 @@ def _split_after_letter_chars(tokenizer: Tokenizer) -> str:
     """Punctuation and symbols, unchanged by NFKC, that end a run of letters in this tokenizer's pre-tokenizer."""
     return "".join(c for c in _unicode_candidates("P") + _unicode_candidates("S")
                    if unicodedata.normalize("NFKC", c) == c and _probe_splits(tokenizer, "a" + c + "a"))
+
+
+def _unjoined_punctuation(tokenizer: Tokenizer) -> str:
+    """Punctuation that a Unigram model never joins to a preceding character: it normalizes to one character that is
+    a piece of its own, and no piece holds that character after another one than "▁". No piece then spans a cut
+    before it (after a word character, which no normalizer turns into a space), so the best segmentation of the whole
+    word is the best of each side (Viterbi, ties included)."""
+    vocab = tokenizer.get_vocab()
+    joined = {piece[i] for piece in vocab for i in range(1, len(piece)) if piece[i - 1] != SPIECE}
+    normalize = tokenizer.normalizer.normalize_str if tokenizer.normalizer is not None else (lambda text: text)
+    chars = []
+    for char in _unicode_candidates("P"):
+        normal = normalize(char)
+        if len(normal) == 1 and normal in vocab and normal not in joined:
+            chars.append(char)
+    return "".join(chars)
 
 
 @functools.lru_cache(maxsize=8)

@@ -284,6 +284,13 @@ def test_boundaries_that_need_a_vocabulary_or_a_known_regex():
     other = json.loads(json.dumps(config))
     other["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2_REGEX.replace("\\p{N}|", "\\p{N}+|")
     assert cut_rule(other, qwen) == CutRule(None, None)
+    # Unigram behind Metaspace (XLM-R, T5): punctuation no piece joins to what precedes it, right cuts only.
+    model = unigram()
+    rule = cut_rule(tokenizer_config(model), model)
+    assert rule.right.search("日本語。") and not rule.left.search("日本語。")
+    text = SCRIPT_PIECES["cjk"] * 2000
+    kept = LongTextCutter(model).cut([text], 32)[0]
+    assert len(kept) < len(text) // 100 and text.startswith(kept)
 
 
 def test_a_tokenizer_without_pre_tokenizer_is_never_cut():
