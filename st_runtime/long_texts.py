@@ -363,7 +363,8 @@ class _Cut:
 
     def __init__(self, counter: Tokenizer, boundary: re.Pattern[str], *, keep_start: bool, budget: int) -> None:
         self.counter, self.boundary, self.keep_start, self.budget = counter, boundary, keep_start, budget
-        self._kept: dict[tuple[str, int], str] = {}  # one long query in many pairs is cut once
+        self._kept: dict[tuple[str, int], str] = {}  # one long query in many pairs is cut (and counted) once
+        self._counts: dict[str, int] = {}
 
     def keep(self, text: str, tokens: int) -> str:
         """`text` cut so that it keeps at least `tokens` tokens (or all of it), drawn in to the boundary nearest to
@@ -374,8 +375,10 @@ class _Cut:
         return self._kept[key]
 
     def count(self, text: str) -> int:
-        encode = getattr(self.counter, "encode_batch_fast", self.counter.encode_batch)  # fast: tokenizers >= 0.21
-        return len(encode([text], add_special_tokens=False)[0].ids)
+        if text not in self._counts:
+            encode = getattr(self.counter, "encode_batch_fast", self.counter.encode_batch)  # fast: tokenizers >= 0.21
+            self._counts[text] = len(encode([text], add_special_tokens=False)[0].ids)
+        return self._counts[text]
 
     def part(self, text: str, size: int) -> str:
         """The kept part: `text` cut at the first boundary `size` characters or more from the kept end (all of

@@ -542,3 +542,18 @@ def test_counted_texts_are_tokenized_once(monkeypatch):
     assert tokenizer.tokenize(texts[:2]).lengths.max() == 16 and seen[-1] == 2
     tokenizer.token_counts([f"text {i}" for i in range(KEEP_TEXTS + 10)], keep=True)
     assert len(tokenizer._kept._entries) == KEEP_TEXTS
+
+
+def test_one_long_query_in_many_pairs_is_cut_once():
+    """/rerank pairs one query with every text: a long query was cut (or tokenized) once per pair (256 pairs: 10.4 s
+    against 1.7 s for a short query). Now once per call: the batch costs about what it costs with a query that
+    already fills max_seq_length (its first 2000 characters, uncut)."""
+    tokenizer = TextTokenizer(minilm_tokenizer_json().parent, TokenizerSpec(max_seq_length=128))
+    texts = [f"passage {i} about the weather in Berlin and elsewhere" for i in range(256)]
+    for query in ("¡" * 200_000, "word " * 50_000, "東京は日本の首都です。" * 20_000):
+        full = query[:first_budget(128)]
+        assert tokenizer.token_counts([full])[0] == 128
+        tokenizer.token_counts([(query, t) for t in texts])
+        filled = fastest(lambda full=full: tokenizer.token_counts([(full, t) for t in texts]), repeats=3)
+        long = fastest(lambda query=query: tokenizer.token_counts([(query, t) for t in texts]), repeats=3)
+        assert long < 2 * filled, (query[:3], long, filled)
