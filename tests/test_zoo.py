@@ -33,7 +33,7 @@ from models_zoo import (
 )
 from models_zoo.checks import check_safetensors
 from models_zoo.cli import main as st_zoo_main
-from models_zoo.recipe import load_recipe, parse_recipe
+from models_zoo.recipe import find_recipe, load_recipe, parse_recipe
 from models_zoo.results import append_results
 from models_zoo.sources import cache_dir, hf_cache_roots
 
@@ -544,3 +544,27 @@ def test_st_export_the_static_model_recipe(zoo_env):
     assert [m["type"] for m in manifest.modules] == ["StaticEmbedding", "Normalize"]
     prepared = list((zoo_env / "cache" / "zoo" / "prepared").iterdir())
     assert len(prepared) == 1 and (prepared[0] / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["", "  ", "\t"])
+@pytest.mark.parametrize("command", ["resolve", "build"])
+def test_an_empty_recipe_name_is_an_error(zoo_env, capsys, name, command):
+    """`st-zoo resolve ""` picked a recipe (the first without a Hub id matched the empty name)."""
+    argv = [command, name] + (["-o", str(zoo_env / "out")] if command == "build" else [])
+    assert st_zoo_main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st-zoo: error: The recipe name is empty"), captured.err
+    assert find_recipe(name) is None
+    assert not (zoo_env / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["", " "])
+def test_st_export_an_empty_model_name_is_an_error(zoo_env, capsys, monkeypatch, name):
+    """Path("") is the current folder: st-export "" would export whatever the folder it runs in holds."""
+    monkeypatch.chdir(zoo_env)
+    assert st_export_main([name, "-o", str(zoo_env / "out"), "-q"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st-export: error: MODEL is empty"), lines
+    assert not (zoo_env / "out").exists()
