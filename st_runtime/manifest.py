@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -284,9 +286,19 @@ class Manifest:
             raise ManifestError(f"{MANIFEST_NAME} is missing or has malformed fields ({exc}). Re-export the model.") from exc
 
     def save(self, folder: str | Path) -> Path:
-        """Write the manifest into `folder` and return its path."""
+        """Write the manifest into `folder` in one step (a complete file, or the one that was there) and return its
+        path. The file gets the permissions the umask gives any new file, like every other file of the folder (a
+        temporary file's 0600 would hide it from the user a container runs as)."""
         path = Path(folder) / MANIFEST_NAME
-        path.write_text(self.to_json(), encoding="utf-8")
+        temporary = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return path
 
 

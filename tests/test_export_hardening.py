@@ -689,3 +689,27 @@ def test_real_configs_pass_the_size_check(tmp_path, name):
 
 def test_the_real_minilm_folder_passes_the_preflight(minilm_dir):
     check_source_folder(minilm_dir)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored after)."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+@pytest.mark.parametrize("flags", [[], ["--quantize", "int8"], ["--backend", "openvino"]])
+def test_every_file_st_export_writes_has_the_modes_the_umask_gives(source_dir, tmp_path, umask, mask, flags):
+    """After --quantize/--backend the manifest was rewritten from a temporary file, mode 0600, so a container running
+    as another user (the Docker recipe's USER nobody) could not read the folder: every file and folder now has the
+    modes the umask gives."""
+    umask(mask)
+    out = tmp_path / "out"
+    assert cli_main([str(source_dir), "-o", str(out), "-q", *flags]) == 0
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    expected = {path: (0o777 if (out / path).is_dir() else 0o666) & ~mask for path in modes}
+    assert modes == expected
+    assert "st_runtime.json" in modes and len(modes) > 5
