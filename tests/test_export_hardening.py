@@ -24,6 +24,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 import exporters.folder
 import exporters.preflight
 import exporters.source
+import exporters.tokenizer_match
 import st_runtime.staging
 from exporters import ModelLoadError, OutputExistsError, UnsupportedModelError, export
 from exporters.cli import main as cli_main
@@ -713,3 +714,82 @@ def test_every_file_st_export_writes_has_the_modes_the_umask_gives(source_dir, t
     expected = {path: (0o777 if (out / path).is_dir() else 0o666) & ~mask for path in modes}
     assert modes == expected
     assert "st_runtime.json" in modes and len(modes) > 5
+
+
+# --- 7. the exported tokenizer matches the model (issue 25) ---------------------------------------------------------
+
+
+def tiny_model(source_dir: Path) -> SentenceTransformer:
+    return SentenceTransformer(str(source_dir), device="cpu")
+
+
+def five_token_tokenizer():
+    """What transformers 5 builds from `BertTokenizerFast(vocab_file=...)` or a folder without tokenizer.json: the
+    special tokens only, every word [UNK]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+@pytest.mark.parametrize("replace", [Path.unlink, as_dangling_link, as_folder, as_dev_zero])
+def test_a_source_without_a_usable_tokenizer_json_is_refused(source_dir, tmp_path, capsys, monkeypatch, replace):
+    """Without a usable tokenizer.json the export exited 0 with a 5-token vocabulary (every word [UNK]) and passed its
+    parity gate. The preflight is switched off here: the tokenizer check itself must refuse every case."""
+    folder = copy(source_dir, tmp_path / "model")
+    replace(folder / "tokenizer.json")
+    monkeypatch.setattr(exporters.source, "check_source_folder", lambda folder: None)
+    line = cli_fails([str(folder), "-o", str(tmp_path / "out")], capsys, "Module 0 (Transformer)", "tokenizer.json")
+    assert "30522 rows" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_all_unknown_tokenizer_is_refused_even_when_its_size_fits(source_dir, tmp_path, monkeypatch):
+    model = tiny_model(source_dir)
+    try:
+        model[0].tokenizer = five_token_tokenizer()
+    except AttributeError:  # sentence-transformers 6: `tokenizer` is a property that reads the processor
+        model[0].processor = five_token_tokenizer()
+    monkeypatch.setattr(exporters.tokenizer_match, "embedding_rows", lambda auto_model: None)  # no size to compare
+    with pytest.raises(ModelLoadError, match=r"maps \d+ of the \d+ tokens of the probe texts to the unknown token"):
+        export(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("rows", "refused"), [(30522, None), (30522 + 392, None), (30000, "more than"),
+                                               (70000, "fewer than half of")])
+def test_the_tokenizer_must_fit_the_embedding_matrix(source_dir, tmp_path, rows, refused):
+    """Padded embedding matrices are common (Qwen3: 151669 tokens, 151936 rows) and export; a tokenizer with more
+    tokens than rows, or fewer than half of them, is not the model's."""
+    model = tiny_model(source_dir)
+    model[0].auto_model.resize_token_embeddings(rows)
+    if refused is None:
+        export(model, tmp_path / "out")
+        assert (tmp_path / "out" / "tokenizer.json").is_file()
+    else:
+        with pytest.raises(ModelLoadError, match=f"30522 tokens, {refused} the {rows} rows"):
+            export(model, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_more_unknown_tokens_than_the_shipped_files_give_is_refused(source_dir, bert_vocab, tmp_path):
+    """A tokenizer that transformers built differently from the files the folder ships (here: the uncased vocab.txt
+    without its lower-casing) gives more [UNK] on the probe texts than the files loaded with `tokenizers` itself."""
+    from tokenizers.normalizers import BertNormalizer
+
+    from exporters.tokenizer_match import check_tokenizer_matches
+
+    folder = copy(source_dir, tmp_path / "model")
+    (folder / "tokenizer.json").unlink()
+    shutil.copy(bert_vocab, folder / "vocab.txt")
+    model = tiny_model(source_dir)
+    module = model[0]
+    module.tokenizer.name_or_path = str(folder)
+    check_tokenizer_matches("Module 0 (Transformer)", module)  # as shipped: the same [UNK] count
+    module.tokenizer.backend_tokenizer.normalizer = BertNormalizer(lowercase=False)
+    with pytest.raises(ModelLoadError, match=r"the tokenizer files of .* give \d+"):
+        check_tokenizer_matches("Module 0 (Transformer)", module)
