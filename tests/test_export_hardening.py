@@ -793,3 +793,13 @@ def test_more_unknown_tokens_than_the_shipped_files_give_is_refused(source_dir, 
     module.tokenizer.backend_tokenizer.normalizer = BertNormalizer(lowercase=False)
     with pytest.raises(ModelLoadError, match=r"the tokenizer files of .* give \d+"):
         check_tokenizer_matches("Module 0 (Transformer)", module)
+
+
+def test_max_seq_length_above_the_positions_is_refused_before_export(source_dir, tmp_path, capsys):
+    """The tiny model has 64 positions: truncating at 100 fails in sentence-transformers itself on long texts (an
+    IndexError traceback from the parity check); it is refused first, in one line."""
+    folder = copy(source_dir, tmp_path / "model")
+    edit_json(folder / "sentence_bert_config.json", lambda c: c.update(max_seq_length=100))
+    cli_fails([str(folder), "-o", str(tmp_path / "out")], capsys, "max_seq_length 100",
+              "takes at most 64 tokens")
+    assert not (tmp_path / "out").exists()
