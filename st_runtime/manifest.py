@@ -425,16 +425,14 @@ def verify_files(folder: str | Path, manifest: Manifest, relative_paths: list[st
 def _check_positions(manifest: Manifest) -> None:
     """Refuse a graph whose max_seq_length exceeds the positions `max_positions` records for it (or that never
     truncates although it has such a limit): the graph would fail on the first long text with an engine error.
+    Entries that name no graph of the manifest are ignored (a manifest whose routing was dropped by hand reads as
+    one from before routes, which has no limit).
 
     Raises:
         ManifestError: naming the tokenizer's max_seq_length field and the limit.
     """
     routing = manifest.routing
     graphs = {"": manifest.route(None)} if routing is None else dict(routing.routes)
-    unknown = sorted(set(manifest.max_positions) - set(graphs))
-    if unknown:
-        raise fail("max_positions", f"names graphs {unknown} that the manifest does not describe (its graphs: "
-                                    f"{sorted(graphs)})")
     if routing is not None:  # the top-level fields mirror the primary route
         graphs = {**graphs, None: manifest.route(None)}
     for name, graph in graphs.items():
