@@ -740,12 +740,22 @@ def five_token_tokenizer():
 def test_a_source_without_a_usable_tokenizer_json_is_refused(source_dir, tmp_path, capsys, monkeypatch, replace):
     """Without a usable tokenizer.json the export exited 0 with a 5-token vocabulary (every word [UNK]) and passed its
     parity gate. The preflight is switched off here: the tokenizer check itself must refuse every case."""
+    from tokenizers import Tokenizer
+
     folder = copy(source_dir, tmp_path / "model")
     replace(folder / "tokenizer.json")
     monkeypatch.setattr(exporters.source, "check_source_folder", lambda folder: None)
-    line = cli_fails([str(folder), "-o", str(tmp_path / "out")], capsys, "Module 0 (Transformer)", "tokenizer.json")
+    out = tmp_path / "out"
+    if (folder / "vocab.txt").is_file():  # transformers 4 saves one beside tokenizer.json, and builds from it
+        if cli_main([str(folder), "-o", str(out), "-q"]) == 0:  # then only a tokenizer that matches may be written
+            exported = Tokenizer.from_file(str(out / "tokenizer.json"))
+            assert exported.get_vocab_size() == 30522
+            assert exported.token_to_id("[UNK]") not in exported.encode("hello world, a man is eating").ids
+            return
+        capsys.readouterr()
+    line = cli_fails([str(folder), "-o", str(out)], capsys, "Module 0 (Transformer)", "tokenizer.json")
     assert "30522 rows" in line
-    assert not (tmp_path / "out").exists()
+    assert not out.exists()
 
 
 def test_an_all_unknown_tokenizer_is_refused_even_when_its_size_fits(source_dir, tmp_path, monkeypatch):
