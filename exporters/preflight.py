@@ -136,11 +136,12 @@ def read_json(path: Path) -> Any:
         raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
 
 
-def safetensors_header(path: Path) -> tuple[dict[str, Any] | None, int, str | None]:
-    """The JSON header of a safetensors file, the file's size, and what is wrong with it (None when it is whole).
+def safetensors_extent(path: Path) -> tuple[int, int, str | None]:
+    """The bytes a safetensors file's header accounts for (its length field, header and tensor data), the file's
+    size, and what makes the header unreadable (None when it is readable; the first number is then exact).
 
     The header's claimed length is checked against the file size and MAX_SAFETENSORS_HEADER before it is read, so a
-    file that claims gigabytes of header costs nothing.
+    file that claims gigabytes of header costs nothing. Torch-free: the zoo checks its sources with it too.
 
     Raises:
         ModelLoadError: the file is not a regular file.
@@ -149,20 +150,20 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any] | None, int, str | No
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            return None, size, f"it has {size} bytes, fewer than a safetensors header"
+            return 0, size, f"it has {size} bytes, fewer than a safetensors header"
         (length,) = struct.unpack("<Q", head)
         if length > size - 8:
-            return None, size, f"its header claims {length} bytes but the file has {size}"
+            return 0, size, f"its header claims {length} bytes but the file has {size}"
         if length > MAX_SAFETENSORS_HEADER:
-            return None, size, f"its header claims {length} bytes, more than safetensors' limit of {MAX_SAFETENSORS_HEADER}"
+            return 0, size, f"its header claims {length} bytes, more than safetensors' limit of {MAX_SAFETENSORS_HEADER}"
         try:
             header = json.loads(fh.read(length).decode("utf-8"))
             end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
-            return None, size, "its header is not valid safetensors JSON"
-    if not isinstance(end, int) or 8 + length + end > size:
-        return None, size, f"its tensors need {8 + length + end} bytes but the file has {size}"
-    return header, size, None
+            return 0, size, "its header is not valid safetensors JSON"
+    if not isinstance(end, int) or isinstance(end, bool):
+        return 0, size, "its header is not valid safetensors JSON"
+    return 8 + length + end, size, None
 
 
 def check_safetensors(path: Path) -> None:
@@ -172,7 +173,9 @@ def check_safetensors(path: Path) -> None:
     Raises:
         ModelLoadError
     """
-    problem = safetensors_header(path)[2]
+    needed, size, problem = safetensors_extent(path)
+    if problem is None and needed > size:
+        problem = f"its tensors need {needed} bytes but the file has {size}"
     if problem:
         raise ModelLoadError(f"{path} is truncated or corrupt ({problem}); download or save the model again.")
 

@@ -286,6 +286,23 @@ def test_check_safetensors_accepts_a_whole_file(tmp_path):
     check_safetensors(tmp_path / "x.safetensors")
 
 
+def test_check_safetensors_never_reads_a_header_claiming_more_than_the_limit(tmp_path):
+    """The zoo's check read and decoded the header whole, however large its claimed length (a sparse file makes any
+    claim cheap): it now shares the preflight's reader, which refuses a claim above safetensors' 100 MB limit
+    before reading it, and a path that is not a regular file."""
+    path = tmp_path / "x.safetensors"
+    claimed = 150_000_000
+    with open(path, "wb") as fh:
+        fh.write(claimed.to_bytes(8, "little"))
+        fh.truncate(8 + claimed)  # sparse: no disk space used
+    with pytest.raises(SourceIntegrityError, match="more than safetensors' limit"):
+        check_safetensors(path)
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SourceIntegrityError, match="not a regular file"):
+        check_safetensors(path)
+
+
 @pytest.fixture
 def split_source(zoo_env, monkeypatch):
     """A fake model zipped and split over three pip 'part' packages, and its recipe."""
