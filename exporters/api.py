@@ -16,6 +16,7 @@ from exporters.artifacts import VERSIONED_PACKAGES, save_sentence_transformers_f
 from exporters.folder import check_output_dir, staged_output_dir
 from exporters.kinds import ExportOptions
 from exporters.onnx_export import DEFAULT_OPSET, eager_attention
+from exporters.positions import position_limits
 from exporters.source import load_source
 from st_runtime.machine import package_versions
 from st_runtime.manifest import Manifest, hash_folder
@@ -53,15 +54,18 @@ def export(
 
     Raises:
         OutputExistsError, OutputLocationError (under a file, not writable, disk full), ModelLoadError,
-        UnsupportedModelError (also: the folder names code of its own, refused before loading), ParityError.
+        UnsupportedModelError (also: the folder names code of its own, refused before loading; a max_seq_length
+        above the model's positions), ParityError.
     """
     check_output_dir(output_dir, overwrite=overwrite)  # fail before the slow work
     source, kind = load_source(model)
+    max_positions = position_limits(source.model)
     with staged_output_dir(output_dir, overwrite=overwrite) as staging:
         save_sentence_transformers_files(source.model, staging)
         with eager_attention(source.model):
             written = kind.write(source, staging, ExportOptions(opset=opset, external_data=external_data))
-        manifest = written.manifest(kind.task, source, files=hash_folder(staging), versions=package_versions(VERSIONED_PACKAGES))
+        manifest = written.manifest(kind.task, source, files=hash_folder(staging), max_positions=max_positions,
+                                    versions=package_versions(VERSIONED_PACKAGES))
         manifest.save(staging)
         parity = kind.check_parity(source.model, staging, atol=atol)
         manifest = Manifest(**{**manifest.__dict__, "parity": parity})

@@ -96,6 +96,11 @@ def run(args: argparse.Namespace) -> int:
             return quantize(folder, configs, min_accuracy=args.min_accuracy)
 
     model = args.model
+    if not model.strip():  # Path("") is the current folder
+        from exporters.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"MODEL is empty ({model!r}); give a model folder, a models_zoo recipe name "
+                                   "(st-zoo list) or a Hub id.")
     if not Path(model).exists():  # a models_zoo recipe name (st-zoo list) resolves offline to its local weights
         from models_zoo import resolve_for_export
 

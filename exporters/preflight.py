@@ -9,10 +9,13 @@ theirs: nothing from the folder is imported, and no weights are read, until thes
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from exporters.config_limits import CONFIG_FILES, check_configs
 from exporters.errors import ModelLoadError, UnsupportedModelError
 
 # The only module classes a folder may name: sentence-transformers' own (old `sentence_transformers.models.X` and the
@@ -28,6 +31,10 @@ TRUSTED_CALLABLE_PREFIXES = ("torch.", "sentence_transformers.")
 # Config keys that make transformers (or a pipeline) import code from the repository.
 CODE_HOOKS = ("auto_map", "custom_pipelines", "custom_pipeline")
 ROUTER_CONFIGS = ("router_config.json", "config.json")  # Router's file, then the legacy Asym one
+# The largest JSON file, and safetensors header, read (safetensors' own header limit): the biggest real tokenizer.json
+# files are a few tens of MB, and a larger claim would be read and decoded whole.
+MAX_JSON_BYTES = 100_000_000
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 
 def check_source_folder(folder: str | Path) -> None:
@@ -38,16 +45,19 @@ def check_source_folder(folder: str | Path) -> None:
     folder loads only as a MultiVectorEncoder, see `exporters.source.model_type_of_folder`); every module `path`
     stays inside the folder; no JSON file holds an `auto_map`, `custom_pipeline(s)` or
     `trust_remote_code: true`, or an activation function outside torch / sentence-transformers; every JSON file
-    parses; every `*.safetensors` file is complete (header and data length).
+    parses; every `*.safetensors` file is complete (header and data length); every JSON and safetensors file is a
+    regular file (never a FIFO, device, folder or dangling link) of bounded size; the sizes a config asks for
+    (layers, widths, `max_seq_length`) are sane and fit the weights shipped (`exporters.config_limits`).
 
     Raises:
         UnsupportedModelError: a module class or config hook that would import code from outside
             sentence-transformers / transformers (named, with the file that asks for it).
-        ModelLoadError: a module path that leaves the folder, an invalid JSON file, a truncated safetensors file.
+        ModelLoadError: a module path that leaves the folder or lies in a hidden folder, an invalid JSON file, a
+            truncated safetensors file, a file that is not a regular file or is too large, an absurd config.
     """
     folder = Path(folder)
     modules_json = folder / "modules.json"
-    if modules_json.is_file():
+    if os.path.lexists(modules_json):
         modules = read_json(modules_json)
         if not isinstance(modules, list):
             raise ModelLoadError(f"{modules_json} is not a list of modules; save the model again.")
@@ -56,13 +66,17 @@ def check_source_folder(folder: str | Path) -> None:
                 raise ModelLoadError(f"{modules_json} has an entry without a module type: {entry!r}.")
             path = _inside(folder, entry.get("path", ""), modules_json)
             _check_module(folder, path, sentence_transformers_class(entry["type"]), modules_json)
+    configs = {}  # the files config_limits reads, kept parsed
     for path in sorted(folder.rglob("*.json")):
-        if _hidden(path, folder) or not path.is_file():
-            continue
-        _check_hooks(read_json(path), path)
+        if not _hidden(path, folder):
+            value = read_json(path)
+            _check_hooks(value, path)
+            if path.name in CONFIG_FILES:
+                configs[path] = value
     for path in sorted(folder.rglob("*.safetensors")):
-        if not _hidden(path, folder) and path.is_file():
+        if not _hidden(path, folder):
             check_safetensors(path)
+    check_configs(folder, configs)
 
 
 def sentence_transformers_class(class_ref: Any) -> Any:
@@ -71,49 +85,97 @@ def sentence_transformers_class(class_ref: Any) -> Any:
     return PYLATE_ALIASES.get(class_ref, class_ref) if isinstance(class_ref, str) else class_ref
 
 
+def regular_file(path: Path, limit: int | None = None) -> int:
+    """The size of `path`, checked without opening it: a regular file (symlinks followed), at most `limit` bytes.
+
+    Raises:
+        ModelLoadError: missing, a dangling link, a folder, FIFO, socket or device (which would hang a reader or feed
+            it without end), or larger than `limit`.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        what = "a symbolic link to a missing file" if os.path.islink(path) else "missing"
+        raise ModelLoadError(f"{path} is {what}; download or save the model again.") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelLoadError(f"{path} is not a regular file (a folder, FIFO, socket or device); st-export reads only "
+                             "regular files. Replace it with the model's file.")
+    if limit is not None and info.st_size > limit:
+        raise ModelLoadError(f"{path} has {info.st_size} bytes, more than the {limit} st-export reads for such a file; "
+                             "it is not a file of a sentence-transformers model.")
+    return info.st_size
+
+
 def read_json(path: Path) -> Any:
-    """Parse a JSON file of the source model, naming the file when it is not valid UTF-8 JSON.
+    """Parse a JSON file of the source model (a regular file of at most MAX_JSON_BYTES), naming the file when it is
+    not valid UTF-8 JSON.
 
     Raises:
         ModelLoadError
     """
+    regular_file(path, MAX_JSON_BYTES)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)  # the file may have grown since it was checked
+        if len(data) > MAX_JSON_BYTES:
+            raise ModelLoadError(f"{path} has more than {MAX_JSON_BYTES} bytes; it is not a file of a "
+                                 "sentence-transformers model.")
+        return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ModelLoadError(f"{path} is not a text file (byte {exc.start} is not UTF-8): the file is corrupt; "
                              "download or save the model again.") from exc
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                              "fix the file, or download or save the model again.") from exc
+    except RecursionError as exc:
+        raise ModelLoadError(f"{path} nests too deeply to be a model configuration; download or save the model "
+                             "again.") from exc
     except OSError as exc:
         raise ModelLoadError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
 
 
+def safetensors_extent(path: Path) -> tuple[int, int, str | None]:
+    """The bytes a safetensors file's header accounts for (its length field, header and tensor data), the file's
+    size, and what makes the header unreadable (None when it is readable; the first number is then exact).
+
+    The header's claimed length is checked against the file size and MAX_SAFETENSORS_HEADER before it is read, so a
+    file that claims gigabytes of header costs nothing. Torch-free: the zoo checks its sources with it too.
+
+    Raises:
+        ModelLoadError: the file is not a regular file.
+    """
+    size = regular_file(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return 0, size, f"it has {size} bytes, fewer than a safetensors header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return 0, size, f"its header claims {length} bytes but the file has {size}"
+        if length > MAX_SAFETENSORS_HEADER:
+            return 0, size, f"its header claims {length} bytes, more than safetensors' limit of {MAX_SAFETENSORS_HEADER}"
+        try:
+            header = json.loads(fh.read(length).decode("utf-8"))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+            return 0, size, "its header is not valid safetensors JSON"
+    if not isinstance(end, int) or isinstance(end, bool):
+        return 0, size, "its header is not valid safetensors JSON"
+    return 8 + length + end, size, None
+
+
 def check_safetensors(path: Path) -> None:
-    """Refuse a safetensors file whose header or tensor data is cut short (a partial download or copy).
+    """Refuse a safetensors file whose header or tensor data is cut short (a partial download or copy), whose header
+    claims more than MAX_SAFETENSORS_HEADER bytes, or that is not a regular file.
 
     Raises:
         ModelLoadError
     """
-    size = path.stat().st_size
-    problem = None
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            problem = f"it has {size} bytes, fewer than a safetensors header"
-        else:
-            (length,) = struct.unpack("<Q", head)
-            if length > size - 8:
-                problem = f"its header claims {length} bytes but the file has {size}"
-            else:
-                try:
-                    header = json.loads(fh.read(length).decode("utf-8"))
-                    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-                except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError):
-                    problem = "its header is not valid safetensors JSON"
-                else:
-                    if 8 + length + end > size:
-                        problem = f"its tensors need {8 + length + end} bytes but the file has {size}"
+    needed, size, problem = safetensors_extent(path)
+    if problem is None and needed > size:
+        problem = f"its tensors need {needed} bytes but the file has {size}"
     if problem:
         raise ModelLoadError(f"{path} is truncated or corrupt ({problem}); download or save the model again.")
 
@@ -127,7 +189,7 @@ def _check_module(folder: Path, path: Path, class_ref: Any, config_file: Path) -
         )
     if class_ref.rsplit(".", 1)[-1] not in ("Router", "Asym"):
         return
-    config = next((path / name for name in ROUTER_CONFIGS if (path / name).is_file()), None)
+    config = next((path / name for name in ROUTER_CONFIGS if os.path.lexists(path / name)), None)
     if config is None:
         return  # sentence-transformers reports the missing file when it loads
     routes = read_json(config)
@@ -148,13 +210,17 @@ def _pylate_hint(class_ref: Any, config_file: Path) -> str:
 
 
 def _inside(folder: Path, relative: Any, config_file: Path) -> Path:
-    """`folder / relative`, refusing a path that is absolute or climbs out with '..'."""
+    """`folder / relative`, refusing a path that is absolute, climbs out with '..' or lies in a hidden folder."""
     if not isinstance(relative, str):
         raise ModelLoadError(f"{config_file} has a module path that is not a string: {relative!r}.")
     pure = PurePosixPath(relative.replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts or PureWindowsPath(relative).drive:
         raise ModelLoadError(f"{config_file} has the module path {relative!r}, which leaves the model folder; "
                              "module paths must be relative and inside it.")
+    if any(part.startswith(".") for part in pure.parts):
+        raise ModelLoadError(f"{config_file} has the module path {relative!r}, in a hidden folder (a .git or .cache "
+                             "is no part of a model, and the checks of the folder skip it); move the module to a "
+                             "folder whose name does not start with '.'.")
     return folder.joinpath(*pure.parts)
 
 

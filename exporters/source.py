@@ -20,6 +20,7 @@ from exporters import router
 from exporters.errors import ModelLoadError, UnsupportedModelError
 from exporters.kinds import KINDS, UNAVAILABLE, KindExporter, SourceModel
 from exporters.preflight import PYLATE_ALIASES, check_source_folder, read_json
+from exporters.tokenizer_match import check_tokenizer_matches
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Saved model_type values of other libraries that sentence-transformers >= 6 loads as one of its kinds: PyLate v3
@@ -287,7 +288,8 @@ def check_module(where: str, module: nn.Module, kind: KindExporter) -> nn.Module
 
 
 def check_text_transformer(index: int | str, module: nn.Module, task: str = "feature-extraction") -> None:
-    """Refuse a Transformer module that is not a text model of `task` with a fast tokenizer."""
+    """Refuse a Transformer module that is not a text model of `task` with a fast tokenizer that matches the model
+    (`exporters.tokenizer_match`)."""
     modalities = list(getattr(module, "modality_config", {"text": None}))
     module_task = getattr(module, "transformer_task", "feature-extraction")
     if modalities != ["text"] or module_task != task:
@@ -298,6 +300,7 @@ def check_text_transformer(index: int | str, module: nn.Module, task: str = "fea
     if getattr(module, "tokenizer", None) is None or not module.tokenizer.is_fast:
         raise UnsupportedModelError(f"Module {index} (Transformer) has no fast tokenizer, so no tokenizer.json can be "
                                     "written for the runtime. Convert the tokenizer to a fast one first.")
+    check_tokenizer_matches(f"Module {index} (Transformer)", module)
 
 
 def graph_input_names(model: nn.Sequential) -> list[str]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import struct
 from pathlib import Path
 
+from exporters.errors import ModelLoadError
+from exporters.preflight import safetensors_extent
 from models_zoo.errors import ModelMismatchError, SourceIntegrityError
 from models_zoo.recipe import Recipe
 from st_runtime.manifest import sha256_file
@@ -40,23 +41,20 @@ def check_digests(folder: Path, digests: dict[str, str], what: str, memo: dict[P
 
 
 def check_safetensors(path: Path) -> None:
-    """Refuse a truncated safetensors file: its size must be what its header declares.
+    """Refuse a truncated safetensors file: its size must be what its header declares (the header read only when its
+    claimed length is sane: `exporters.preflight.safetensors_extent`).
 
     Raises:
         SourceIntegrityError
     """
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > size:
-                raise ValueError("header longer than the file")
-            header = json.loads(fh.read(header_len))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise SourceIntegrityError(f"{path} is not a readable safetensors file ({exc}); refusing to use it.") from exc
-    if 8 + header_len + end != size:
-        raise SourceIntegrityError(f"{path} is {size} bytes, its header says {8 + header_len + end} (truncated or "
+        needed, size, problem = safetensors_extent(path)
+    except ModelLoadError as exc:  # not a regular file
+        raise SourceIntegrityError(f"{exc} Refusing to use it.") from exc
+    if problem is not None:
+        raise SourceIntegrityError(f"{path} is not a readable safetensors file ({problem}); refusing to use it.")
+    if needed != size:
+        raise SourceIntegrityError(f"{path} is {size} bytes, its header says {needed} (truncated or "
                                    "corrupt); refusing to use it. Replace the file.")
 
 

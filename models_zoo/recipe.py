@@ -326,11 +326,14 @@ def load_recipes(folder: str | Path | None = None) -> dict[str, Recipe]:
 
 
 def find_recipe(name: str, recipes: dict[str, Recipe] | None = None) -> Recipe | None:
-    """The recipe named `name` or with Hub id `name` (case-insensitive), else None."""
-    recipes = load_recipes() if recipes is None else recipes
+    """The recipe named `name` or with Hub id `name` (case-insensitive), else None (always for a blank name: a
+    recipe without a Hub id must not match "")."""
     wanted = name.strip().lower()
+    if not wanted:
+        return None
+    recipes = load_recipes() if recipes is None else recipes
     for recipe in recipes.values():
-        if wanted in (recipe.name.lower(), (recipe.hf_id or "").lower()):
+        if wanted == recipe.name.lower() or (recipe.hf_id is not None and wanted == recipe.hf_id.lower()):
             return recipe
     return None
 
@@ -339,9 +342,11 @@ def get_recipe(name: str, recipes: dict[str, Recipe] | None = None) -> Recipe:
     """Like find_recipe, but an unknown name raises.
 
     Raises:
-        UnknownRecipeError: listing the known recipes.
+        UnknownRecipeError: listing the known recipes (also for an empty or blank name).
     """
     recipes = load_recipes() if recipes is None else recipes
+    if not name.strip():
+        raise UnknownRecipeError(f"The recipe name is empty ({name!r}); give one of: {', '.join(recipes)} (st-zoo list).")
     recipe = find_recipe(name, recipes)
     if recipe is None:
         raise UnknownRecipeError(f"No zoo recipe named {name!r}. Known: {', '.join(recipes)} (st-zoo list).")

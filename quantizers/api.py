@@ -111,18 +111,12 @@ def quantize(
     new_names = {v.name for v, _ in staged}
     variants = tuple(v for v in manifest.variants if v.name not in new_names) + tuple(v for v, _ in staged)
     manifest = replace(manifest, variants=variants, files=files)
-    _save_atomically(manifest, folder)
+    manifest.save(folder)
     return manifest
 
 
 def _describe(report: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.5f}" for k, v in report.items() if k not in ("score", "texts"))
-
-
-def _save_atomically(manifest: Manifest, folder: Path) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".st_runtime.json.", delete=False, encoding="utf-8") as fh:
-        fh.write(manifest.to_json())
-    os.replace(fh.name, folder / "st_runtime.json")
 
 
 __all__ = ["quantize"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from st_runtime.errors import ManifestError, ModelFileError
-from st_runtime.manifest_checks import check_manifest_data
+from st_runtime.manifest_checks import check_manifest_data, fail
 from st_runtime.task_configs import MODEL_CONFIGS, BiEncoderConfig, Task, TaskConfig, config_class
 
 MANIFEST_NAME = "st_runtime.json"
@@ -188,6 +190,11 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     routing: Routing | None = None  # set for Router/Asym models: one graph per route
+    # The longest input (tokens) each graph takes, keyed by route name ("" for a model without routes): its position
+    # embedding's rows. A graph without an entry has no such limit (rotary positions, StaticEmbedding) or was exported
+    # before this key (a top-level key: runtimes that do not know it ignore it). Each graph's max_seq_length is
+    # checked against it when the manifest is read.
+    max_positions: dict[str, int] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -234,8 +241,11 @@ class Manifest:
         return _find_variant(self.variants, name=name, file_name=file_name)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in `st_runtime.json`."""
+        """The JSON form stored in `st_runtime.json` (`max_positions` only when it has an entry, so other folders
+        write back as they always did)."""
         data = _graph_dict(self, asdict(self))
+        if not self.max_positions:
+            del data["max_positions"]
         if self.routing is not None:
             data["routing"]["routes"] = {name: route.to_dict() for name, route in self.routing.routes.items()}
         return data
@@ -279,14 +289,26 @@ class Manifest:
             if data.get("routing") is not None:
                 data["routing"] = Routing.from_dict(data["routing"], task)
             known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{MANIFEST_NAME} is missing or has malformed fields ({exc}). Re-export the model.") from exc
+        _check_positions(manifest)
+        return manifest
 
     def save(self, folder: str | Path) -> Path:
-        """Write the manifest into `folder` and return its path."""
+        """Write the manifest into `folder` in one step (a complete file, or the one that was there) and return its
+        path. The file gets the permissions the umask gives any new file, like every other file of the folder (a
+        temporary file's 0600 would hide it from the user a container runs as)."""
         path = Path(folder) / MANIFEST_NAME
-        path.write_text(self.to_json(), encoding="utf-8")
+        temporary = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         return path
 
 
@@ -398,6 +420,29 @@ def verify_files(folder: str | Path, manifest: Manifest, relative_paths: list[st
                 f"{rel} in {str(folder)!r} does not match the sha256 in {MANIFEST_NAME}: the file is corrupt, "
                 "truncated or was changed after export. Re-export the model or copy the folder again."
             )
+
+
+def _check_positions(manifest: Manifest) -> None:
+    """Refuse a graph whose max_seq_length exceeds the positions `max_positions` records for it (or that never
+    truncates although it has such a limit): the graph would fail on the first long text with an engine error.
+    Entries that name no graph of the manifest are ignored (a manifest whose routing was dropped by hand reads as
+    one from before routes, which has no limit).
+
+    Raises:
+        ManifestError: naming the tokenizer's max_seq_length field and the limit.
+    """
+    routing = manifest.routing
+    graphs = {"": manifest.route(None)} if routing is None else dict(routing.routes)
+    if routing is not None:  # the top-level fields mirror the primary route
+        graphs = {**graphs, None: manifest.route(None)}
+    for name, graph in graphs.items():
+        limit = manifest.max_positions.get(routing.primary if name is None else name)
+        length = graph.tokenizer.max_seq_length
+        if limit is not None and (length is None or length > limit):
+            prefix = f"routing.routes[{name!r}]." if name else ""
+            key = f"max_positions[{(routing.primary if name is None else name)!r}]"
+            raise fail(f"{prefix}tokenizer.max_seq_length", f"is {length}: the graph takes at most {limit} tokens "
+                                                            f"({key}), so longer texts would fail in the graph")
 
 
 def _migrate_format_1(data: dict[str, Any]) -> dict[str, Any]:

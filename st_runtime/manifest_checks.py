@@ -44,13 +44,13 @@ def str_check(*, none: bool = False, empty: bool = True, choices: tuple[str, ...
     return check
 
 
-def dict_check(*, none: bool = False, values: Check | None = None) -> Check:
+def dict_check(*, none: bool = False, values: Check | None = None, what: str = "strings") -> Check:
     def check(value: Any) -> str | None:
         if value is None and none:
             return None
         if not isinstance(value, dict) or (values is not None and not all(
                 isinstance(k, str) and values(v) is None for k, v in value.items())):
-            return f"expected an object{' of strings' if values is not None else ''}{' or null' if none else ''}"
+            return f"expected an object{f' of {what}' if values is not None else ''}{' or null' if none else ''}"
         return None
 
     return check
@@ -93,6 +93,7 @@ TOP_LEVEL: dict[str, Check] = {
     **ROUTE, "task": str_check(empty=False), "similarity_fn_name": str_check(none=True),
     "prompts": dict_check(values=str_check()), "default_prompt_name": str_check(none=True),
     "files": dict_check(values=str_check()), "parity": dict_check(), "source": dict_check(), "versions": dict_check(),
+    "max_positions": dict_check(values=int_check(1), what="positive integers"),
 }
 
 

@@ -88,7 +88,8 @@ def open_graph(
     with or without `verify`.
 
     Raises:
-        ManifestError: no such route or variant, or the manifest's embedding_dimension disagrees with the graph.
+        ManifestError: no such route or variant, the manifest's embedding_dimension disagrees with the graph, or its
+            pad id is outside the tokenizer's vocabulary.
         ModelFileError: a file is missing, outside the folder, not a regular file, does not match its sha256 (when
             `verify`; external data included), or the engine cannot load it.
         ProviderError: a requested provider / device is unavailable.
@@ -99,6 +100,8 @@ def open_graph(
     if verify:
         verify_files(folder, manifest, files)
     tokenizer = TextTokenizer(folder, route.tokenizer)
+    prefix = f"routing.routes[{route_name!r}]." if route_name is not None else ""
+    check_pad_id(tokenizer, prefix)
     if chosen.backend == "openvino":
         backend: Backend = OpenVinoBackend(folder / chosen.file, device=device,
                                            inference_precision=chosen.inference_precision, num_threads=intra_op_num_threads)
@@ -107,10 +110,25 @@ def open_graph(
                               fallback_to_cpu=fallback_to_cpu)
     declared = backend.output_dimension("sentence_embedding") if route.embedding_dimension is not None else None
     if declared is not None and declared != route.embedding_dimension:
-        prefix = f"routing.routes[{route_name!r}]." if route_name is not None else ""
         raise ManifestError(f"{prefix}embedding_dimension in st_runtime.json is {route.embedding_dimension}, but the "
                             f"graph {chosen.file} outputs {declared} dimensions. Re-export the model.")
     return Graph(route_name, route, chosen, tokenizer, backend)
+
+
+def check_pad_id(tokenizer: TextTokenizer, prefix: str = "") -> None:
+    """Refuse a pad id outside the tokenizer's vocabulary (the graph's embedding has no row for it: every padded
+    batch would fail in the engine). `prefix` names the route in the message ("routing.routes['query'].").
+
+    Raises:
+        ManifestError: naming the field, its value and the vocabulary size.
+    """
+    # TextTokenizer does not expose its vocabulary size yet; read it from the `tokenizers.Tokenizer` it wraps.
+    size = tokenizer._tokenizer.get_vocab_size(with_added_tokens=True)
+    spec = tokenizer.spec
+    if spec.pad_token_id >= size:
+        raise ManifestError(f"{prefix}tokenizer.pad_token_id in st_runtime.json is {spec.pad_token_id}, outside the "
+                            f"{size} tokens of {spec.file}, so padding a batch would fail in the graph. Re-export the "
+                            "model.")
 
 
 def graph_files(folder: Path, manifest: Manifest, route_name: str | None, chosen: Variant) -> list[str]:

@@ -22,7 +22,9 @@ from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 import exporters.folder
+import exporters.preflight
 import exporters.source
+import exporters.tokenizer_match
 import st_runtime.staging
 from exporters import ModelLoadError, OutputExistsError, UnsupportedModelError, export
 from exporters.cli import main as cli_main
@@ -533,3 +535,281 @@ def test_overwrite_refuses_files_st_export_did_not_write(exported_dir, source_di
 def test_overwrite_of_an_untouched_export_works(exported_dir, source_dir, tmp_path):
     out = copy(exported_dir, tmp_path / "out")
     check_output_dir(out, overwrite=True)  # pristine: nothing in the way
+
+
+# --- 6. hardening, second round (issue 25): files, sizes and configs the preflight reads ---------------------------
+
+
+def as_dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def as_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def as_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def as_dangling_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent / "missing-target.json")
+
+
+@pytest.mark.parametrize("name", ["modules.json", "config.json", "1_Pooling/config.json", "tokenizer.json"])
+@pytest.mark.parametrize("replace", [as_dev_zero, as_fifo, as_folder, as_dangling_link])
+def test_json_that_is_not_a_regular_file_is_refused_before_it_is_opened(source_dir, tmp_path, capsys, monkeypatch,
+                                                                         name, replace):
+    """/dev/zero as modules.json was read for 7 GB and a FIFO hung the export: every JSON file the preflight reads is
+    checked with stat (never opened) to be a regular file first."""
+    folder = copy(source_dir, tmp_path / "model")
+    replace(folder / name)
+    no_load(monkeypatch)
+    cli_fails([str(folder), "-o", str(tmp_path / "out")], capsys, name)
+    assert not (tmp_path / "out").exists()
+
+
+def test_json_larger_than_the_limit_is_refused_unread(source_dir, tmp_path, monkeypatch):
+    folder = copy(source_dir, tmp_path / "model")
+    monkeypatch.setattr(exporters.preflight, "MAX_JSON_BYTES", 1000)
+    no_load(monkeypatch)
+    with pytest.raises(ModelLoadError, match=r"tokenizer\.json has \d+ bytes, more than the 1000"):
+        export(folder, tmp_path / "out")
+
+
+@pytest.mark.parametrize("path", [".hidden", ".cache/pooling", "sub/.git"])
+def test_module_paths_in_hidden_folders_are_refused(source_dir, tmp_path, monkeypatch, path):
+    """The preflight skips hidden folders (a Hub download's .cache), so a module kept in one would escape its checks
+    (an auto_map in .hidden/config.json would never be seen)."""
+    folder = copy(source_dir, tmp_path / "model")
+    (folder / path).mkdir(parents=True)
+    (folder / path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "evilmod.M"}}))
+    edit_json(folder / "modules.json", lambda m: m[1].update(path=path))
+    no_load(monkeypatch)
+    with pytest.raises(ModelLoadError, match="hidden folder"):
+        export(folder, tmp_path / "out")
+
+
+def test_a_safetensors_header_claiming_gigabytes_is_not_read(source_dir, tmp_path, monkeypatch):
+    """A header length of 3 GB in a (sparse) file that large was read and decoded whole; the claim is now checked
+    against safetensors' own 100 MB limit before a byte of it is read."""
+    folder = copy(source_dir, tmp_path / "model")
+    path = folder / "model.safetensors"
+    claimed = 3 * 10**9
+    with open(path, "wb") as fh:
+        fh.write(claimed.to_bytes(8, "little"))
+        fh.truncate(8 + claimed + 16)  # sparse: no disk space used
+    reads: list[int] = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, fh):
+            self._fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._fh.close()
+
+        def read(self, size=-1):
+            data = self._fh.read(size)
+            reads.append(len(data))
+            return data
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return Counting(fh) if str(file) == str(path) else fh
+
+    monkeypatch.setattr(exporters.preflight, "open", counting_open, raising=False)
+    no_load(monkeypatch)
+    with pytest.raises(ModelLoadError, match=r"claims 3000000000 bytes, more than safetensors' limit"):
+        export(folder, tmp_path / "out")
+    assert sum(reads) <= 8
+
+
+def set_config(name: str, **values):
+    def change(folder: Path) -> None:
+        edit_json(folder / name, lambda c: c.update(values))
+    return change
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (set_config("config.json", num_hidden_layers=1e6), "1000000 layers (num_hidden_layers)"),
+    (set_config("config.json", hidden_size=65536), "implies at least"),
+    (set_config("config.json", vocab_size=10**9), "implies at least"),
+    (set_config("config.json", max_position_embeddings=10**9), "implies at least"),
+    (set_config("config.json", num_hidden_layers="12"), "num_hidden_layers"),
+    (set_config("config.json", intermediate_size=-1), "intermediate_size"),
+    (set_config("sentence_bert_config.json", max_seq_length=-1), "max_seq_length to -1"),
+    (set_config("sentence_bert_config.json", max_seq_length=0), "max_seq_length to 0"),
+    (set_config("sentence_bert_config.json", max_seq_length="256"), "max_seq_length"),
+])
+def test_absurd_configs_fail_fast_in_one_line(source_dir, tmp_path, capsys, monkeypatch, damage, named):
+    """`num_hidden_layers: 1e6` grew memory for minutes and `max_seq_length: -1` ended in an OverflowError traceback:
+    the sizes are checked, and compared with the weights shipped, before transformers allocates anything."""
+    folder = copy(source_dir, tmp_path / "model")
+    damage(folder)
+    no_load(monkeypatch)
+    cli_fails([str(folder), "-o", str(tmp_path / "out")], capsys, named)
+    assert not (tmp_path / "out").exists()
+
+
+# Real configurations and the bytes of their weights: none may be refused (ALBERT shares its layers and factorizes its
+# token embedding; Qwen3 is bf16 with a padded vocabulary).
+REAL_CONFIGS = {
+    "bert-base-uncased": ({"num_hidden_layers": 12, "hidden_size": 768, "intermediate_size": 3072,
+                           "vocab_size": 30522, "max_position_embeddings": 512}, 440_449_768),
+    "albert-base-v2": ({"num_hidden_layers": 12, "num_hidden_groups": 1, "hidden_size": 768, "embedding_size": 128,
+                        "intermediate_size": 3072, "vocab_size": 30000, "max_position_embeddings": 512}, 47_372_894),
+    "distilbert-base": ({"n_layers": 6, "dim": 768, "hidden_dim": 3072, "vocab_size": 30522,
+                         "max_position_embeddings": 512}, 265_462_608),
+    "Qwen3-Embedding-0.6B": ({"num_hidden_layers": 28, "hidden_size": 1024, "intermediate_size": 3072,
+                              "vocab_size": 151669, "max_position_embeddings": 32768}, 1_191_586_416),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
+def test_real_configs_pass_the_size_check(tmp_path, name):
+    from exporters.config_limits import check_configs
+
+    config, size = REAL_CONFIGS[name]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with open(tmp_path / "model.bin", "wb") as fh:
+        fh.truncate(size)  # sparse: only its size is read
+    check_configs(tmp_path, {tmp_path / "config.json": config})
+    with open(tmp_path / "model.bin", "wb") as fh:
+        fh.truncate(size // 100)
+    with pytest.raises(ModelLoadError, match="implies at least"):
+        check_configs(tmp_path, {tmp_path / "config.json": config})
+
+
+def test_the_real_minilm_folder_passes_the_preflight(minilm_dir):
+    check_source_folder(minilm_dir)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (restored after)."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+@pytest.mark.parametrize("flags", [[], ["--quantize", "int8"], ["--backend", "openvino"]])
+def test_every_file_st_export_writes_has_the_modes_the_umask_gives(source_dir, tmp_path, umask, mask, flags):
+    """After --quantize/--backend the manifest was rewritten from a temporary file, mode 0600, so a container running
+    as another user (the Docker recipe's USER nobody) could not read the folder: every file and folder now has the
+    modes the umask gives."""
+    umask(mask)
+    out = tmp_path / "out"
+    assert cli_main([str(source_dir), "-o", str(out), "-q", *flags]) == 0
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    expected = {path: (0o777 if (out / path).is_dir() else 0o666) & ~mask for path in modes}
+    assert modes == expected
+    assert "st_runtime.json" in modes and len(modes) > 5
+
+
+# --- 7. the exported tokenizer matches the model (issue 25) ---------------------------------------------------------
+
+
+def tiny_model(source_dir: Path) -> SentenceTransformer:
+    return SentenceTransformer(str(source_dir), device="cpu")
+
+
+def five_token_tokenizer():
+    """What transformers 5 builds from `BertTokenizerFast(vocab_file=...)` or a folder without tokenizer.json: the
+    special tokens only, every word [UNK]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+@pytest.mark.parametrize("replace", [Path.unlink, as_dangling_link, as_folder, as_dev_zero])
+def test_a_source_without_a_usable_tokenizer_json_is_refused(source_dir, tmp_path, capsys, monkeypatch, replace):
+    """Without a usable tokenizer.json the export exited 0 with a 5-token vocabulary (every word [UNK]) and passed its
+    parity gate. The preflight is switched off here: the tokenizer check itself must refuse every case."""
+    from tokenizers import Tokenizer
+
+    folder = copy(source_dir, tmp_path / "model")
+    replace(folder / "tokenizer.json")
+    monkeypatch.setattr(exporters.source, "check_source_folder", lambda folder: None)
+    out = tmp_path / "out"
+    if (folder / "vocab.txt").is_file():  # transformers 4 saves one beside tokenizer.json, and builds from it
+        if cli_main([str(folder), "-o", str(out), "-q"]) == 0:  # then only a tokenizer that matches may be written
+            exported = Tokenizer.from_file(str(out / "tokenizer.json"))
+            assert exported.get_vocab_size() == 30522
+            assert exported.token_to_id("[UNK]") not in exported.encode("hello world, a man is eating").ids
+            return
+        capsys.readouterr()
+    line = cli_fails([str(folder), "-o", str(out)], capsys, "Module 0 (Transformer)", "tokenizer.json")
+    assert "30522 rows" in line
+    assert not out.exists()
+
+
+def test_an_all_unknown_tokenizer_is_refused_even_when_its_size_fits(source_dir, tmp_path, monkeypatch):
+    model = tiny_model(source_dir)
+    try:
+        model[0].tokenizer = five_token_tokenizer()
+    except AttributeError:  # sentence-transformers 6: `tokenizer` is a property that reads the processor
+        model[0].processor = five_token_tokenizer()
+    monkeypatch.setattr(exporters.tokenizer_match, "embedding_rows", lambda auto_model: None)  # no size to compare
+    with pytest.raises(ModelLoadError, match=r"maps \d+ of the \d+ tokens of the probe texts to the unknown token"):
+        export(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("rows", "refused"), [(30522, None), (30522 + 392, None), (30000, "more than"),
+                                               (70000, "fewer than half of")])
+def test_the_tokenizer_must_fit_the_embedding_matrix(source_dir, tmp_path, rows, refused):
+    """Padded embedding matrices are common (Qwen3: 151669 tokens, 151936 rows) and export; a tokenizer with more
+    tokens than rows, or fewer than half of them, is not the model's."""
+    model = tiny_model(source_dir)
+    model[0].auto_model.resize_token_embeddings(rows)
+    if refused is None:
+        export(model, tmp_path / "out")
+        assert (tmp_path / "out" / "tokenizer.json").is_file()
+    else:
+        with pytest.raises(ModelLoadError, match=f"30522 tokens, {refused} the {rows} rows"):
+            export(model, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_more_unknown_tokens_than_the_shipped_files_give_is_refused(source_dir, bert_vocab, tmp_path):
+    """A tokenizer that transformers built differently from the files the folder ships (here: the uncased vocab.txt
+    without its lower-casing) gives more [UNK] on the probe texts than the files loaded with `tokenizers` itself."""
+    from tokenizers.normalizers import BertNormalizer
+
+    from exporters.tokenizer_match import check_tokenizer_matches
+
+    folder = copy(source_dir, tmp_path / "model")
+    (folder / "tokenizer.json").unlink()
+    shutil.copy(bert_vocab, folder / "vocab.txt")
+    model = tiny_model(source_dir)
+    module = model[0]
+    module.tokenizer.name_or_path = str(folder)
+    check_tokenizer_matches("Module 0 (Transformer)", module)  # as shipped: the same [UNK] count
+    module.tokenizer.backend_tokenizer.normalizer = BertNormalizer(lowercase=False)
+    with pytest.raises(ModelLoadError, match=r"the tokenizer files of .* give \d+"):
+        check_tokenizer_matches("Module 0 (Transformer)", module)
+
+
+def test_max_seq_length_above_the_positions_is_refused_before_export(source_dir, tmp_path, capsys):
+    """The tiny model has 64 positions: truncating at 100 fails in sentence-transformers itself on long texts (an
+    IndexError traceback from the parity check); it is refused first, in one line."""
+    folder = copy(source_dir, tmp_path / "model")
+    edit_json(folder / "sentence_bert_config.json", lambda c: c.update(max_seq_length=100))
+    cli_fails([str(folder), "-o", str(tmp_path / "out")], capsys, "max_seq_length 100",
+              "takes at most 64 tokens")
+    assert not (tmp_path / "out").exists()

@@ -536,3 +536,74 @@ def test_good_counts_still_work(bi_folder, cross_folder, sparse_folder):
     assert len(sparse.decode(sparse.encode("a"), top_k=3)) <= 3
     assert check_positive_int(None, "x", allow_none=True) is None
     assert check_positive_int(np.uint8(7), "x") == 7 and type(check_positive_int(np.uint8(7), "x")) is int
+
+
+# --- graph limits a manifest must respect (issue 25) ----------------------------------------------------------------
+
+LONG_TEXT = "many words in one long text " * 40  # past the 64 positions of the tiny models
+
+
+def test_the_export_records_each_graph_s_positions(bi_folder, cross_folder, sparse_folder):
+    for folder in (bi_folder, cross_folder, sparse_folder):
+        assert json.loads((folder / "st_runtime.json").read_text())["max_positions"] == {"": 64}
+
+
+@pytest.mark.parametrize("length", [65, 4096, None])
+def test_max_seq_length_above_the_graph_s_positions_is_refused_at_load(folder, length):
+    """The graph's position embedding has 64 rows: a manifest that lets longer texts through loaded, then failed with
+    a raw onnxruntime error on the first long text."""
+    edit_manifest(folder, lambda m: m["tokenizer"].update(max_seq_length=length))
+    with pytest.raises(ManifestError, match=rf"tokenizer\.max_seq_length is {length}: the graph takes at most 64 "
+                                            r"tokens \(max_positions\[''\]\)"):
+        st_runtime.SentenceTransformer(folder)
+
+
+def test_a_manifest_without_max_positions_still_loads(folder):
+    """Folders exported before the key load as before (no limit is known, none is checked)."""
+    edit_manifest(folder, lambda m: m.pop("max_positions"))
+    model = st_runtime.SentenceTransformer(folder)
+    assert model.manifest.max_positions == {}
+    assert model.encode([LONG_TEXT, "short"]).shape == (2, 32)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ({"": 0}, "max_positions is {'': 0}: expected an object of positive integers"),
+    ({"": "64"}, "max_positions is {'': '64'}: expected an object of positive integers"),
+    ([64], "max_positions is [64]: expected an object of positive integers"),
+])
+def test_malformed_max_positions_is_named(bi_folder, value, problem):
+    data = json.loads((bi_folder / "st_runtime.json").read_text())
+    data["max_positions"] = value
+    with pytest.raises(ManifestError, match=re.escape(problem)):
+        st_runtime.Manifest.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("pad_id", [30522, 10**6])
+def test_pad_id_outside_the_vocabulary_is_refused_at_load(folder, pad_id):
+    """A pad id with no embedding row loaded, then failed in onnxruntime on the first batch that needed padding."""
+    edit_manifest(folder, lambda m: m["tokenizer"].update(pad_token_id=pad_id))
+    with pytest.raises(ManifestError, match=rf"tokenizer\.pad_token_id in st_runtime\.json is {pad_id}, outside the "
+                                            r"30522 tokens of tokenizer\.json"):
+        st_runtime.SentenceTransformer(folder)
+
+
+def test_the_limits_accept_what_st_export_writes(bi_folder):
+    model = st_runtime.SentenceTransformer(bi_folder)
+    assert model.encode([LONG_TEXT, "short", ""]).shape == (3, 32)
+
+
+ROUTED = Path(__file__).parent / "data" / "format1" / "sparse-embedding-router.json"  # routes query and document, 24
+
+
+@pytest.mark.parametrize(("limits", "field"), [
+    ({"document": 24, "query": 20}, "routing.routes['query'].tokenizer.max_seq_length is 24"),
+    ({"document": 20}, "routing.routes['document'].tokenizer.max_seq_length is 24"),
+])
+def test_each_route_is_checked_against_its_own_positions(limits, field):
+    data = json.loads(ROUTED.read_text())
+    data["max_positions"] = limits
+    with pytest.raises(ManifestError, match=re.escape(field)):
+        st_runtime.Manifest.from_json(json.dumps(data))
+    for fine in ({"document": 24, "query": 512}, {"": 8}):  # a key that names no graph is no limit
+        data["max_positions"] = fine
+        assert st_runtime.Manifest.from_json(json.dumps(data)).max_positions == fine

@@ -33,7 +33,7 @@ from models_zoo import (
 )
 from models_zoo.checks import check_safetensors
 from models_zoo.cli import main as st_zoo_main
-from models_zoo.recipe import load_recipe, parse_recipe
+from models_zoo.recipe import find_recipe, load_recipe, parse_recipe
 from models_zoo.results import append_results
 from models_zoo.sources import cache_dir, hf_cache_roots
 
@@ -284,6 +284,23 @@ def test_another_architecture_is_refused(zoo_env, monkeypatch):
 def test_check_safetensors_accepts_a_whole_file(tmp_path):
     save_file({"a": np.ones((3, 5), np.float32), "b": np.zeros(7, np.int64)}, str(tmp_path / "x.safetensors"))
     check_safetensors(tmp_path / "x.safetensors")
+
+
+def test_check_safetensors_never_reads_a_header_claiming_more_than_the_limit(tmp_path):
+    """The zoo's check read and decoded the header whole, however large its claimed length (a sparse file makes any
+    claim cheap): it now shares the preflight's reader, which refuses a claim above safetensors' 100 MB limit
+    before reading it, and a path that is not a regular file."""
+    path = tmp_path / "x.safetensors"
+    claimed = 150_000_000
+    with open(path, "wb") as fh:
+        fh.write(claimed.to_bytes(8, "little"))
+        fh.truncate(8 + claimed)  # sparse: no disk space used
+    with pytest.raises(SourceIntegrityError, match="more than safetensors' limit"):
+        check_safetensors(path)
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SourceIntegrityError, match="not a regular file"):
+        check_safetensors(path)
 
 
 @pytest.fixture
@@ -544,3 +561,27 @@ def test_st_export_the_static_model_recipe(zoo_env):
     assert [m["type"] for m in manifest.modules] == ["StaticEmbedding", "Normalize"]
     prepared = list((zoo_env / "cache" / "zoo" / "prepared").iterdir())
     assert len(prepared) == 1 and (prepared[0] / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["", "  ", "\t"])
+@pytest.mark.parametrize("command", ["resolve", "build"])
+def test_an_empty_recipe_name_is_an_error(zoo_env, capsys, name, command):
+    """`st-zoo resolve ""` picked a recipe (the first without a Hub id matched the empty name)."""
+    argv = [command, name] + (["-o", str(zoo_env / "out")] if command == "build" else [])
+    assert st_zoo_main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st-zoo: error: The recipe name is empty"), captured.err
+    assert find_recipe(name) is None
+    assert not (zoo_env / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["", " "])
+def test_st_export_an_empty_model_name_is_an_error(zoo_env, capsys, monkeypatch, name):
+    """Path("") is the current folder: st-export "" would export whatever the folder it runs in holds."""
+    monkeypatch.chdir(zoo_env)
+    assert st_export_main([name, "-o", str(zoo_env / "out"), "-q"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st-export: error: MODEL is empty"), lines
+    assert not (zoo_env / "out").exists()
