@@ -122,8 +122,7 @@ def check_pad_id(tokenizer: TextTokenizer, prefix: str = "") -> None:
     Raises:
         ManifestError: naming the field, its value and the vocabulary size.
     """
-    # TextTokenizer does not expose its vocabulary size yet; read it from the `tokenizers.Tokenizer` it wraps.
-    size = tokenizer._tokenizer.get_vocab_size(with_added_tokens=True)
+    size = tokenizer.vocab_size
     spec = tokenizer.spec
     if spec.pad_token_id >= size:
         raise ManifestError(f"{prefix}tokenizer.pad_token_id in st_runtime.json is {spec.pad_token_id}, outside the "

@@ -75,6 +75,11 @@ class TextTokenizer:
         self._kept = _KeptEncodings()
 
     @property
+    def vocab_size(self) -> int:
+        """Tokens of the vocabulary, added tokens included (ids run from 0 to vocab_size - 1)."""
+        return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+    @property
     def max_seq_length(self) -> int | None:
         """Texts are truncated to this many tokens (None: never truncated)."""
         truncation = self._tokenizer.truncation
