@@ -102,7 +102,7 @@ class TextTokenizer:
         ids: list[np.ndarray] = []
         type_ids: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
-        for _, encodings in self._encoded_pieces(texts):
+        for encodings in self._encoded_pieces(texts):
             if encodings and all(isinstance(e, Encoded) and isinstance(e.ids, np.ndarray) for e in encodings):
                 # held by token_counts(keep=True): already compact arrays
                 lengths.append(np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)))
@@ -129,38 +129,40 @@ class TextTokenizer:
             keep: hold the ids for the next `tokenize` of the same texts, so that a server that counts a request
                 when it arrives and encodes it later tokenizes it once (at most KEEP_TEXTS texts, oldest dropped).
         """
-        counts = []
-        for piece, encodings in self._encoded_pieces(texts, max_uncut_chars):
-            counts.append(np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings)))
-            if keep:
-                self._kept.put(piece, encodings)
+        counts = [np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+                  for encodings in self._encoded_pieces(texts, max_uncut_chars, keep=keep)]
         return _joined(counts, np.int64)
 
-    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]], max_uncut_chars: int | None = None
-                        ) -> Iterator[tuple[list[Any], list[Any]]]:
-        """(keys, encodings) of TOKENIZE_PIECE texts at a time, truncated; encodings have `.ids`, `.type_ids`, `len`.
-        Texts a `token_counts(keep=True)` counted are taken from it; long texts are cut first (same tokens), and those
-        still long after the cut are truncated on their ids (`st_runtime.truncation`: linear cost, where `tokenizers`
-        is quadratic on a long pair)."""
+    def _encoded_pieces(self, texts: Sequence[str] | Sequence[tuple[str, str]], max_uncut_chars: int | None = None,
+                        keep: bool = False) -> Iterator[list[Any]]:
+        """Encodings (`.ids`, `.type_ids`, `len`) of TOKENIZE_PIECE texts at a time, truncated. With `keep` they are
+        held for the next call without it, which takes them instead of tokenizing again. Long texts are cut first
+        (same tokens), and those still long after the cut are truncated on their ids (`st_runtime.truncation`: linear
+        cost, where `tokenizers` is quadratic on a long pair)."""
         tokenizer = self._tokenizer  # one configuration for the whole call, even if set_max_seq_length runs meanwhile
         truncation = tokenizer.truncation
         setting = None if truncation is None else (truncation["max_length"], truncation["direction"])
         uncut = _UncutBound(max_uncut_chars)
         for start in range(0, len(texts), TOKENIZE_PIECE):
             piece = list(texts[start : start + TOKENIZE_PIECE])
-            keys = [(setting, item) for item in piece]
-            kept = self._kept.take(keys) if self._kept else None
-            if kept is None or None in kept:
-                missing = range(len(piece)) if kept is None else [i for i, e in enumerate(kept) if e is None]
-                encoded = self._encode([piece[i] for i in missing], tokenizer, uncut, start)
-                if kept is None:
-                    kept = encoded
-                else:
-                    for i, encoding in zip(missing, encoded, strict=True):
-                        kept[i] = encoding
-            yield keys, kept
+            if keep:
+                encodings = self._encode(piece, tokenizer, uncut, start)
+                self._kept.put([(setting, item) for item in piece], encodings)
+                yield encodings
+                continue
+            held = self._kept.take([(setting, item) for item in piece]) if self._kept else None
+            if held is None:
+                yield self._encode(piece, tokenizer, uncut, start)
+                continue
+            missing = [i for i, encoding in enumerate(held) if encoding is None]
+            if missing:
+                for i, encoding in zip(missing, self._encode([piece[i] for i in missing], tokenizer, uncut, start),
+                                       strict=True):
+                    held[i] = encoding
+            yield held
 
     def _encode(self, piece: list[Any], tokenizer: Tokenizer, uncut: _UncutBound, start: int) -> list[Any]:
+        """Encodings of `piece` (its first text being text `start` of the call, for error messages)."""
         truncation = tokenizer.truncation
         if truncation is None or truncation["stride"]:
             uncut.check(piece, start, 0)
@@ -169,19 +171,16 @@ class TextTokenizer:
         piece = self._cutter.cut(piece, max_length, direction)
         budget = first_budget(max_length)
         uncut.check(piece, start, budget)
-        long = [i for i, item in enumerate(piece) if _longest_side(item) > budget]
-        templates = self._long_templates() if long else None
+        long = [_longest_side(item) > budget for item in piece]
+        templates = self._long_templates() if any(long) else None
         if templates is None:
             return tokenizer.encode_batch_fast(piece, add_special_tokens=True)
-        short = [i for i, item in enumerate(piece) if _longest_side(item) <= budget]
-        encodings: list[Any] = [None] * len(piece)
-        for i, encoding in zip(short, tokenizer.encode_batch_fast([piece[i] for i in short], add_special_tokens=True),
-                               strict=True):
-            encodings[i] = encoding
-        truncated = encode_truncated(self._cutter.counter, templates, [piece[i] for i in long], max_length, direction)
-        for i, encoding in zip(long, truncated, strict=True):
-            encodings[i] = encoding
-        return encodings
+        encodings = iter(tokenizer.encode_batch_fast([t for t, is_long in zip(piece, long, strict=True) if not is_long],
+                                                     add_special_tokens=True))
+        truncated = iter(encode_truncated(self._cutter.counter, templates,
+                                          [t for t, is_long in zip(piece, long, strict=True) if is_long], max_length,
+                                          direction))
+        return [next(truncated) if is_long else next(encodings) for is_long in long]
 
     def _long_templates(self) -> Templates | None:
         """The special-token templates for truncating long texts on their ids (None: this tokenizer's post-processor

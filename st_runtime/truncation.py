@@ -49,10 +49,9 @@ class Templates:
     pair: tuple[Segment, ...]
 
     @classmethod
-    def of(cls, tokenizer: Tokenizer) -> Templates | None:
-        """The templates of `tokenizer` (None when its post-processor cannot be written as one, which is then left to
-        `tokenizers`)."""
-        counter = _untruncated(tokenizer)
+    def of(cls, counter: Tokenizer) -> Templates | None:
+        """The templates of `counter`, a tokenizer without truncation or padding (None when its post-processor cannot
+        be written as one, which is then left to `tokenizers`)."""
         try:
             templates = cls(_template(counter.encode("a", add_special_tokens=True)),
                             _template(counter.encode(*_PROBES[0], add_special_tokens=True)))
@@ -112,9 +111,8 @@ def encode_truncated(counter: Tokenizer, templates: Templates, texts: list[str] 
     pairs = bool(texts) and not isinstance(texts[0], str)
     sides = [list(item) if pairs else [item] for item in texts]
     unique = list(dict.fromkeys(text for item in sides for text in item))  # one long query in many pairs: once
-    encode = getattr(counter, "encode_batch_fast", counter.encode_batch)
-    ids_of = {text: encoding.ids for text, encoding in zip(unique, encode(unique, add_special_tokens=False),
-                                                             strict=True)}
+    ids_of = {text: encoding.ids for text, encoding in zip(unique, counter.encode_batch_fast(
+        unique, add_special_tokens=False), strict=True)}
     room = max_length - templates.added[1 if pairs else 0]
     out = []
     for item in sides:
@@ -126,15 +124,6 @@ def encode_truncated(counter: Tokenizer, templates: Templates, texts: list[str] 
             ids = [i[len(i) - n :] for i, n in zip(ids, keep, strict=True)]
         out.append(templates.apply(ids))
     return out
-
-
-def _untruncated(tokenizer: Tokenizer) -> Tokenizer:
-    if tokenizer.truncation is None and tokenizer.padding is None:
-        return tokenizer
-    copy = Tokenizer.from_str(tokenizer.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 def _template(encoding: object) -> tuple[Segment, ...]:
