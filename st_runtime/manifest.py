@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from st_runtime.errors import ManifestError, ModelFileError
 from st_runtime.manifest_checks import check_manifest_data, fail
+from st_runtime.staging import atomic_file
 from st_runtime.task_configs import MODEL_CONFIGS, BiEncoderConfig, Task, TaskConfig, config_class
 
 MANIFEST_NAME = "st_runtime.json"
@@ -300,15 +299,8 @@ class Manifest:
         path. The file gets the permissions the umask gives any new file, like every other file of the folder (a
         temporary file's 0600 would hide it from the user a container runs as)."""
         path = Path(folder) / MANIFEST_NAME
-        temporary = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as temporary:
+            temporary.write_text(self.to_json(), encoding="utf-8")
         return path
 
 

@@ -1,6 +1,7 @@
-"""Staging folders: built beside their target under a name that says which machine and process build them, then
-renamed into place when complete (st-export's output folders, the zoo's cache entries), so a target is never
-half-written and the leftovers of a killed process can be told from those of a live one."""
+"""Staging folders and files: built beside their target under a name that says which machine and process build them,
+then renamed into place when complete (st-export's output folders, the zoo's cache entries, the manifest, st-embed's
+files), so a target is never half-written and the leftovers of a killed process can be told from those of a live
+one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import hashlib
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -56,3 +59,22 @@ def make_staging_dir(target: Path) -> Path:
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)
     return staging
+
+
+@contextmanager
+def atomic_file(target: Path, folder: Path | None = None) -> Iterator[Path]:
+    """A temporary path `TARGET.HOST-PID-START.tmp` in `folder` (default: beside `target`; on the same file system)
+    to write `target` under: fsynced and renamed to `target` when the block ends, removed when it fails in any way (a
+    full disk, Ctrl-C). A file the block creates gets the permissions the umask gives any new file."""
+    tmp = (folder or target.parent) / f"{target.name}.{owner_tag()}.tmp"
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

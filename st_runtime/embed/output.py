@@ -13,7 +13,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from st_runtime.embed.io import EmbedError
-from st_runtime.staging import owner_tag
 
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # the disk or the quota is full: free space and run again
 
@@ -103,29 +102,6 @@ def check_paths(input: Path, output: Path, folder: Path, *, parts: Path, written
     if output.resolve().is_relative_to(real_folder):
         raise EmbedError(f"--output {str(output)!r} is inside the model folder {str(folder)!r}; write the embeddings "
                          "somewhere else (choose another --output).")
-
-
-def temporary(target: Path, folder: Path) -> Path:
-    """The temporary name in `folder` under which `target` is written by this process (host, pid, start time)."""
-    return folder / f"{target.name}.{owner_tag()}.tmp"
-
-
-@contextmanager
-def atomic_file(target: Path, folder: Path) -> Iterator[Path]:
-    """A temporary path in `folder` (on the same file system as `target`) to write `target` under: fsynced and
-    renamed to `target` when the block ends, removed when it fails in any way (a full disk, Ctrl-C)."""
-    tmp = temporary(target, folder)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def remove_temporaries(folder: Path) -> None:

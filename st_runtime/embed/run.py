@@ -39,11 +39,12 @@ from st_runtime.embed.io import (
     write_npy,
     write_parquet,
 )
-from st_runtime.embed.output import atomic_file, check_paths, disk_full, lock_path, output_lock, remove_temporaries
+from st_runtime.embed.output import check_paths, disk_full, lock_path, output_lock, remove_temporaries
 from st_runtime.errors import one_line
 from st_runtime.machine import available_cores
 from st_runtime.manifest import load_manifest, sha256_file
 from st_runtime.pool import DEFAULT_BATCH_TOKENS, EncodePool, TokenCounter, encode_job, token_budget_batches
+from st_runtime.staging import atomic_file
 
 STATE_VERSION = 2
 
