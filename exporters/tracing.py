@@ -83,6 +83,12 @@ def architecture(model: nn.Module) -> str:
     return ", ".join(dict.fromkeys(found)) or ", ".join(type(m).__name__ for m in model.children())
 
 
+def chain(model: nn.Module) -> str:
+    """"Module 0 (Transformer, Gemma3TextModel) -> Pooling -> Normalize": the model's modules in order."""
+    modules = list(model.children())
+    return " -> ".join([module_label(0, modules[0]), *(type(m).__name__ for m in modules[1:])]) if modules else "?"
+
+
 def failing_module(exc: BaseException, model: nn.Module) -> str | None:
     """The label of the module of `model`'s chain whose code raised `exc` (or the exceptions it was raised from), by
     the `self` of the frames of their tracebacks; None when no frame is one of the chain's modules."""
@@ -116,7 +122,7 @@ def graph_failures(model: nn.Module, what: str) -> Iterator[None]:
         raise
     except Exception as exc:  # torch.onnx, onnx, transformers and onnxruntime raise many kinds; each is reported
         where = failing_module(exc, model)
-        place = f" in {where}" if where else ""
+        place = f" in {where}" if where else f" for the chain {chain(model)}"
         if isinstance(exc, MemoryError):
             raise GraphExportError(
                 f"Out of memory while {what}{place} (architecture {architecture(model)}); nothing was written. Free "
