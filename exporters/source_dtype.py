@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 FP32 = "float32"
+REDUCED = (torch.bfloat16, torch.float16)  # what is cast to fp32 (float64 tensors stay: they compute as loaded)
 
 
 class SourcePrecision:
@@ -26,7 +27,7 @@ class SourcePrecision:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        # (module, attribute, is_parameter) -> its dtype as loaded, for every floating tensor that is not fp32.
+        # (module, attribute, is_parameter) -> its dtype as loaded, for every bf16/fp16 tensor.
         self.reduced: dict[tuple[nn.Module, str, bool], torch.dtype] = {}
         sizes: Counter[torch.dtype] = Counter()
         seen: set[int] = set()
@@ -38,14 +39,17 @@ class SourcePrecision:
                     if is_parameter and id(tensor) not in seen:
                         sizes[tensor.dtype] += tensor.numel()
                     seen.add(id(tensor))
-                    if tensor.dtype != torch.float32:
+                    if tensor.dtype in REDUCED:
                         self.reduced[(module, name, is_parameter)] = tensor.dtype
-        self.dtype = str(sizes.most_common(1)[0][0]).removeprefix("torch.") if sizes else FP32
+        names = {str(dtype).removeprefix("torch.") for dtype in self.reduced.values()}
+        most = str(sizes.most_common(1)[0][0]).removeprefix("torch.") if sizes else FP32
+        # The dtype most weights are in ("bfloat16"); a mostly-fp32 model with some reduced tensors names them too.
+        self.dtype = most if most in names or not names else f"{most} with {'/'.join(sorted(names))}"
 
     @property
     def is_fp32(self) -> bool:
-        """Whether the model's weights are (mostly) fp32 as loaded, and so need no cast."""
-        return self.dtype == FP32 and not self.reduced
+        """Whether the model has no bf16/fp16 tensor: nothing to cast, nothing more to measure."""
+        return not self.reduced
 
     def _cast(self, to_fp32: bool) -> None:
         # A tensor shared by several modules (tied weights) is cast once: old tensor id -> (old, cast) for this pass.

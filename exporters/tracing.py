@@ -125,9 +125,9 @@ def graph_failures(model: nn.Module, what: str) -> Iterator[None]:
         place = f" in {where}" if where else f" for the chain {chain(model)}"
         if isinstance(exc, MemoryError):
             raise GraphExportError(
-                f"Out of memory while {what}{place} (architecture {architecture(model)}); nothing was written. Free "
+                f"Out of memory while {what}{place}, architecture {architecture(model)}; nothing was written. Free "
                 "memory, or export on a machine with more.") from exc
         raise GraphExportError(
-            f"{what.capitalize()} failed{place} (architecture {architecture(model)}): {type(exc).__name__}: "
+            f"{what.capitalize()} failed{place}, architecture {architecture(model)}: {type(exc).__name__}: "
             f"{one_line(exc)[:300]}. Nothing was written. This architecture does not export yet: please report it, "
             f"with the traceback that {DEBUG_ENV}=1 prints.") from exc

@@ -125,8 +125,8 @@ def test_a_failure_inside_the_model_while_tracing_names_the_module(gemma_source,
 
 @pytest.mark.parametrize(("raised", "expected"), [
     (RuntimeError("unordered_map::at"), "Tracing the graph failed for the chain Module 0 (Transformer, Gemma3TextModel)"
-                                        " -> Pooling -> Dense -> Dense -> Normalize (architecture Gemma3TextModel "
-                                        "(model_type gemma3_text)): RuntimeError: unordered_map::at."),
+                                        " -> Pooling -> Dense -> Dense -> Normalize, architecture Gemma3TextModel "
+                                        "(model_type gemma3_text): RuntimeError: unordered_map::at."),
     (MemoryError(), "Out of memory while tracing the graph for the chain Module 0 (Transformer, Gemma3TextModel)"),
     (UnsupportedModelError("our own message"), "st-export: error: our own message"),
 ], ids=["RuntimeError", "MemoryError", "own-error"])
