@@ -16,8 +16,11 @@ from exporters.artifacts import VERSIONED_PACKAGES, save_sentence_transformers_f
 from exporters.folder import check_output_dir, staged_output_dir
 from exporters.kinds import ExportOptions
 from exporters.onnx_export import DEFAULT_OPSET, eager_attention
+from exporters.parity import source_dtype_parity
 from exporters.positions import position_limits
 from exporters.source import load_source
+from exporters.source_dtype import SourcePrecision
+from exporters.tracing import broadcast_masks, graph_failures
 from st_runtime.machine import package_versions
 from st_runtime.manifest import Manifest, hash_folder
 
@@ -60,14 +63,21 @@ def export(
     check_output_dir(output_dir, overwrite=overwrite)  # fail before the slow work
     source, kind = load_source(model)
     max_positions = position_limits(source.model)
-    with staged_output_dir(output_dir, overwrite=overwrite) as staging:
+    precision = SourcePrecision(source.model)
+    if not precision.is_fp32:
+        source.source = {**source.source, "dtype": precision.dtype}
+    with precision.fp32(), staged_output_dir(output_dir, overwrite=overwrite) as staging:
         save_sentence_transformers_files(source.model, staging)
-        with eager_attention(source.model):
+        with eager_attention(source.model), broadcast_masks(), graph_failures(source.model, "tracing the graph"):
             written = kind.write(source, staging, ExportOptions(opset=opset, external_data=external_data))
         manifest = written.manifest(kind.task, source, files=hash_folder(staging), max_positions=max_positions,
                                     versions=package_versions(VERSIONED_PACKAGES))
         manifest.save(staging)
-        parity = kind.check_parity(source.model, staging, atol=atol)
+        with graph_failures(source.model, "running the exported graph"):
+            parity = kind.check_parity(source.model, staging, atol=atol)
+            if not precision.is_fp32:
+                with precision.original():
+                    parity = {**parity, **source_dtype_parity(kind.check_parity, source.model, staging, precision.dtype)}
         manifest = Manifest(**{**manifest.__dict__, "parity": parity})
         manifest.save(staging)
         if post_process is not None:

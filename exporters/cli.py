@@ -154,12 +154,22 @@ def summary(model: str, output: str, manifest) -> str:
     """What was written, one line per variant with its accuracy."""
     parity = manifest.parity
     lines = [f"Exported {model} -> {output} ({manifest.task}, inputs {', '.join(manifest.inputs)}); max |diff| to "
-             f"sentence-transformers {parity['max_abs_diff']:.2e} on {parity['texts']} texts."]
+             f"sentence-transformers {parity['max_abs_diff']:.2e} on {parity['texts']} texts{source_dtype(parity)}."]
     for variant in manifest.variants:
         acc = variant.accuracy or {}
         detail = ", ".join(f"{k} {v:.5f}" for k, v in acc.items() if k not in ("score", "texts")) or "reference"
         lines.append(f"  {variant.name:<28} {variant.file:<48} {variant.precision:<12} {detail}")
     return "\n".join(lines)
+
+
+def source_dtype(parity: dict) -> str:
+    """"; source in bfloat16, exported in fp32 (max |diff| to it in bfloat16 4.02e-03)" for a bf16/fp16 source."""
+    dtype = parity.get("source_dtype")
+    if dtype is None:
+        return ""
+    diff = parity.get("source_dtype_max_abs_diff")
+    measured = f"max |diff| to it in {dtype} {diff:.2e}" if diff is not None else parity.get("source_dtype_note", "")
+    return f"; source in {dtype}, exported in fp32 ({measured})"
 
 
 if __name__ == "__main__":

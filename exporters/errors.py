@@ -31,3 +31,7 @@ class OutputLocationError(ExportError, OSError):
 
 class InvalidArgumentError(ExportError, ValueError):
     """An argument, or a file it names (--calibration), is unusable."""
+
+
+class GraphExportError(ExportError, RuntimeError):
+    """Tracing or saving the graph failed in a way st-export did not foresee (named by module and architecture)."""

@@ -4,7 +4,9 @@ what it compares) lives in the kind's module: bi_encoder, cross_encoder, sparse_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,17 +30,25 @@ PROBE_TEXTS: tuple[str, ...] = (
 
 
 def max_abs_and_min_cosine(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
-    """Largest absolute element difference and smallest row cosine between two (n, dim) arrays."""
+    """Largest absolute element difference and smallest row cosine between two (n, dim) arrays.
+
+    A NaN on one side only counts as an infinite difference (and a row cosine of -1), so that the largest difference
+    over several runs (`max`) and the gate never lose it; equal values (NaN on both sides included) count as equal.
+    """
     expected = np.asarray(expected, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if expected.shape != actual.shape:
         raise ParityError(f"Output shapes differ: sentence-transformers {expected.shape}, exported {actual.shape}.")
     if expected.size == 0:
         return 0.0, 1.0
-    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
-    cosine = (expected * actual).sum(1) / np.maximum(norms, 1e-30)
+    same = (expected == actual) | (np.isnan(expected) & np.isnan(actual))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.nan_to_num(np.where(same, 0.0, np.abs(expected - actual)), nan=np.inf)
+        norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+        cosine = (expected * actual).sum(1) / np.maximum(norms, 1e-30)
     cosine = np.where(norms == 0, 1.0, cosine)
-    return float(np.abs(expected - actual).max()), float(cosine.min())
+    cosine = np.where(same.all(axis=1), 1.0, np.nan_to_num(cosine, nan=-1.0))
+    return float(diff.max()), float(cosine.min())
 
 
 def tasks_covering_routes(routing: Routing | None) -> list[str | None]:
@@ -83,3 +93,20 @@ def parity_gate(report: dict[str, Any], what: str) -> dict[str, Any]:
             "written. This is an exporter bug for this architecture: please report it."
         )
     return report
+
+
+def source_dtype_parity(check: Callable[..., dict[str, Any]], reference: Any, folder: Path, dtype: str) -> dict[str, Any]:
+    """How far the exported fp32 graph is from sentence-transformers running the source in its own `dtype` (bf16,
+    fp16): a kind's parity `check` run without a tolerance while `reference` is in that dtype. The manifest's
+    "parity" keeps it beside the fp32 gate's numbers; non-finite outputs of the source dtype (fp16 overflow) are
+    recorded as such instead of a difference."""
+    try:
+        report = check(reference, folder, atol=math.inf)
+    except ParityError:  # a NaN difference fails any tolerance
+        report = {"max_abs_diff": math.inf}
+    if not math.isfinite(report["max_abs_diff"]):
+        return {"source_dtype": dtype, "source_dtype_max_abs_diff": None,
+                "source_dtype_note": f"sentence-transformers gives non-finite outputs in {dtype} on some probe texts "
+                                     "(the fp32 graph does not)"}
+    return {"source_dtype": dtype, "source_dtype_max_abs_diff": report["max_abs_diff"],
+            **({"source_dtype_min_cosine": report["min_cosine"]} if "min_cosine" in report else {})}
