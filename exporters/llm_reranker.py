@@ -81,6 +81,7 @@ class LogitScoreGraph(nn.Module):
         self.label_bias = (nn.Parameter(head.bias.detach()[rows].clone(), requires_grad=False)
                            if head.bias is not None else None)
         self.softcap = getattr(causal.config, "final_logit_softcapping", None)  # Gemma: tanh(x / cap) * cap
+        self.own_mask = full_attention_only(causal.config)
         self.paired = len(ids) == 2
         self.input_names = list(input_names)
         self.activation = activation
@@ -88,17 +89,35 @@ class LogitScoreGraph(nn.Module):
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         features = dict(zip(self.input_names, inputs, strict=True))
         mask = features["attention_mask"]
+        # No cast of the mask itself: OpenVINO drops a no-op Cast of an input and may then name the input after it.
+        positions = torch.arange(mask.shape[1], device=mask.device, dtype=mask.dtype)
+        if self.own_mask:
+            features["attention_mask"] = causal_padding_mask(mask, positions, self.label_weight.dtype)
         hidden = self.decoder(**features).last_hidden_state
-        # The last real token, padded on either side. No cast of the mask: OpenVINO drops a no-op Cast of an input
-        # and may then name that input after it.
-        positions = torch.arange(hidden.shape[1], device=hidden.device, dtype=mask.dtype)
-        last = (mask * positions).argmax(dim=1)
+        last = (mask * positions).argmax(dim=1)  # the last real token, padded on either side
         state = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         logits = nn.functional.linear(state, self.label_weight, self.label_bias)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         score = logits[:, :1] - logits[:, 1:2] if self.paired else logits[:, :1]
         return self.activation(score), score
+
+
+def full_attention_only(config: Any) -> bool:
+    """Whether every layer attends causally to all earlier tokens (no sliding window), so the graph may build the
+    decoder's 4D mask itself: transformers 4.57 builds it with torch.vmap, which the tracer cannot follow."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return all(kind == "full_attention" for kind in layer_types)
+    return getattr(config, "sliding_window", None) is None
+
+
+def causal_padding_mask(mask: Tensor, positions: Tensor, dtype: torch.dtype) -> Tensor:
+    """The additive (batch, 1, query, key) mask of a causal decoder: a query sees the real tokens up to itself (a
+    padding query sees none: its row is all the lowest value, softmax stays finite, and no real token reads it)."""
+    allowed = (positions[None, :] <= positions[:, None])[None, None] & (mask[:, None, None, :] > 0)
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
 def label_token_ids(logit_score: nn.Module) -> list[int]:
