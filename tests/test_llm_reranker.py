@@ -23,6 +23,7 @@ import st_runtime
 from exporters import UnsupportedModelError, export
 from exporters.cli import main as cli_main
 from exporters.cross_encoder import PROBE_PAIRS
+from st_runtime.errors import ManifestError
 from st_runtime.task_configs import CrossEncoderConfig
 
 ATOL = 1e-4  # the bound; fp32 runs land near 1e-6
@@ -127,6 +128,13 @@ def test_the_chat_template_is_recorded_and_older_configs_still_load(rerankers):
     older = {"num_labels": 1, "activation": "sigmoid", "activation_fn": "torch.nn.modules.activation.Sigmoid"}
     config = CrossEncoderConfig.from_dict(older, "task_config")
     assert (config.label_token_ids, config.pair_template) == (None, None) and config.to_dict() == older
+    # A template is filled in, never evaluated: anything but a bare {query} / {document} / {prompt} is refused.
+    recorded = st_runtime.load_manifest(folder).task_config.to_dict()
+    for text in ("{query.__class__}{document}", "{query!r}{document}", "{query}{document}{0}", "{document}{query}",
+                 "{query}{document", "{query}"):
+        with pytest.raises(ManifestError, match=r"pair_template\.text"):
+            CrossEncoderConfig.from_dict(recorded | {"pair_template": {**recorded["pair_template"], "text": text}},
+                                         "task_config")
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
