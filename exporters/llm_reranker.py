@@ -193,6 +193,10 @@ def write_llm_reranker(model: nn.Sequential, staging: Path, options: ExportOptio
     check_structure(model)
     transformer, logit_score = model[0], model[1]
     template = pair_template(transformer)
+    if template is not None and template.prompted is None and model.prompts:
+        raise UnsupportedModelError(
+            f"The model stores prompts ({', '.join(sorted(model.prompts))}), but its chat template renders a prompt in "
+            "its tail (after the document), which st_runtime cannot reproduce; export it without prompts.")
     # A chat-template pair is tokenized whole without special tokens (apply_chat_template adds none).
     tokenizer = write_tokenizer(transformer.tokenizer, staging / TOKENIZER_FILE, max_seq_length=model.max_seq_length,
                                 special_tokens=template is None)
