@@ -32,7 +32,7 @@ LEGACY_MODEL_TYPES = {"ColBERT": "MultiVectorEncoder"}
 PYLATE_MODEL_TYPES = (None, "SentenceTransformer", "ColBERT", "MultiVectorEncoder")
 # The transformers task a kind's Transformer module must have (sentence-transformers' `transformer_task`);
 # kinds not listed take "feature-extraction".
-# A CrossEncoder's may also be a causal LM (an LLM reranker, scored by LogitScore).
+# A CrossEncoder's Transformer may also be a causal LM (an LLM reranker, scored by LogitScore).
 TRANSFORMER_TASKS: dict[str, tuple[str, ...]] = {
     "CrossEncoder": ("sequence-classification", "text-generation"), "SparseEncoder": ("fill-mask",)}
 # Why sentence-transformers modules that no kind exports are refused (docs/modules.md lists them).
