@@ -1,8 +1,10 @@
 """Cross-encoders (CrossEncoder, rerankers): a sequence-classification Transformer and the model's activation
-function in one graph, with a parity gate against `CrossEncoder.predict`."""
+function in one graph, or an LLM reranker (causal LM -> LogitScore, `exporters.llm_reranker`), with a parity gate
+against `CrossEncoder.predict`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from exporters.artifacts import TOKENIZER_FILE, write_tokenizer
 from exporters.errors import ParityError
 from exporters.graphs import BATCH_AXES, ONNX_FILE, dynamic_axes, export_graph
 from exporters.kinds import ExportOptions, KindExporter, SourceModel, WrittenModel, register
+from exporters.llm_reranker import LOGIT_SCORE, is_llm_reranker, llm_config, write_llm_reranker
 from exporters.parity import parity_gate, stored_prompt_names
 from exporters.source import graph_input_names
 from st_runtime.manifest import Route
@@ -81,6 +84,11 @@ def activation_names(activation: Callable[..., Any]) -> tuple[str, str | None]:
 def write_cross_encoder(source: SourceModel, staging: Path, options: ExportOptions) -> WrittenModel:
     """Write tokenizer.json and onnx/model.onnx of a text-ranking model and describe them."""
     model: CrossEncoder = source.model
+    activation_path, activation = activation_names(model.activation_fn)
+    if is_llm_reranker(model):
+        route, facts = write_llm_reranker(model, staging, options)
+        written = dataclasses.replace(route, task_config=llm_config(activation, activation_path, facts))
+        return WrittenModel(graph=written, prompts=dict(model.prompts), default_prompt_name=model.default_prompt_name)
     tokenizer = write_tokenizer(model[0].tokenizer, staging / TOKENIZER_FILE, max_seq_length=model.max_seq_length)
     input_names = graph_input_names(model)
     # Two pairs of different lengths, so the traced graph has padding and a real attention mask.
@@ -89,7 +97,6 @@ def write_cross_encoder(source: SourceModel, staging: Path, options: ExportOptio
     axes = dynamic_axes(input_names, {name: BATCH_AXES for name in CrossEncoderGraph.output_names})
     graph = CrossEncoderGraph(list(model), input_names, model.activation_fn).eval()
     variants = export_graph(graph, inputs, staging, ONNX_FILE, options, axes=axes)
-    activation_path, activation = activation_names(model.activation_fn)
     config = CrossEncoderConfig(num_labels=int(model.num_labels), activation=activation, activation_fn=activation_path)
     written = Route(inputs=tuple(inputs), outputs=CrossEncoderGraph.output_names, tokenizer=tokenizer, variants=variants,
                     task_config=config)
@@ -129,7 +136,7 @@ CROSS_ENCODER = register(KindExporter(
     task="text-ranking",
     model_type="CrossEncoder",
     load=CrossEncoder,
-    supported_modules=frozenset({"Transformer"}),
+    supported_modules=frozenset({"Transformer", LOGIT_SCORE}),
     write=write_cross_encoder,
     check_parity=check_cross_encoder_parity,
 ))

@@ -32,7 +32,9 @@ LEGACY_MODEL_TYPES = {"ColBERT": "MultiVectorEncoder"}
 PYLATE_MODEL_TYPES = (None, "SentenceTransformer", "ColBERT", "MultiVectorEncoder")
 # The transformers task a kind's Transformer module must have (sentence-transformers' `transformer_task`);
 # kinds not listed take "feature-extraction".
-TRANSFORMER_TASKS = {"CrossEncoder": "sequence-classification", "SparseEncoder": "fill-mask"}
+# A CrossEncoder's Transformer may also be a causal LM (an LLM reranker, scored by LogitScore).
+TRANSFORMER_TASKS: dict[str, tuple[str, ...]] = {
+    "CrossEncoder": ("sequence-classification", "text-generation"), "SparseEncoder": ("fill-mask",)}
 # Why sentence-transformers modules that no kind exports are refused (docs/modules.md lists them).
 UNSUPPORTED_REASONS = {
     "LSTM": "it reads features['sentence_lengths'], which only WordEmbeddings produces (a Transformer does not, so "
@@ -97,6 +99,8 @@ def model_type_of_folder(folder: str | Path) -> str:
             return "CrossEncoder"
         if any(a.endswith("ForMaskedLM") for a in architectures):
             return "SparseEncoder"
+        if architectures and architectures[0].endswith("ForCausalLM"):  # as CrossEncoder loads it: an LLM reranker
+            return "CrossEncoder"
     return "SentenceTransformer"
 
 
@@ -283,19 +287,23 @@ def check_module(where: str, module: nn.Module, kind: KindExporter) -> nn.Module
             f"Supported modules: {', '.join(sorted(supported))}."
         )
     if cls.__name__ in ("Transformer", "MLMTransformer"):  # MLMTransformer: legacy SPLADE class, a Transformer
-        check_text_transformer(where, module, TRANSFORMER_TASKS.get(kind.model_type, "feature-extraction"))
+        check_text_transformer(where, module, TRANSFORMER_TASKS.get(kind.model_type, ("feature-extraction",)))
     return module
 
 
-def check_text_transformer(index: int | str, module: nn.Module, task: str = "feature-extraction") -> None:
-    """Refuse a Transformer module that is not a text model of `task` with a fast tokenizer that matches the model
-    (`exporters.tokenizer_match`)."""
+def check_text_transformer(index: int | str, module: nn.Module,
+                           tasks: str | tuple[str, ...] = "feature-extraction") -> None:
+    """Refuse a Transformer module that is not a text model of one of `tasks` with a fast tokenizer that matches the
+    model (`exporters.tokenizer_match`). A causal LM may also take chat messages (its pairs go through its chat
+    template, which exporters.llm_reranker resolves)."""
+    tasks = (tasks,) if isinstance(tasks, str) else tasks
     modalities = list(getattr(module, "modality_config", {"text": None}))
     module_task = getattr(module, "transformer_task", "feature-extraction")
-    if modalities != ["text"] or module_task != task:
+    text = ["text", "message"] if module_task == "text-generation" else ["text"]
+    if modalities not in (["text"], text) or module_task not in tasks:
         raise UnsupportedModelError(
             f"Module {index} (Transformer, {type(module.auto_model).__name__}) handles modalities {modalities} "
-            f"with task {module_task!r}; only text {task} transformers are exported here."
+            f"with task {module_task!r}; only text {' or '.join(tasks)} transformers are exported here."
         )
     if getattr(module, "tokenizer", None) is None or not module.tokenizer.is_fast:
         raise UnsupportedModelError(f"Module {index} (Transformer) has no fast tokenizer, so no tokenizer.json can be "

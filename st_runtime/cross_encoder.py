@@ -90,6 +90,20 @@ def check_pairs(inputs: Any, argument: str = "inputs") -> tuple[list[Pair], bool
     return pairs, single
 
 
+def restore_suffix(feeds: dict[str, np.ndarray], suffix: tuple[int, ...], max_length: int | None) -> None:
+    """Write `suffix` over the last real tokens of every row that reached `max_length` (in place), as
+    sentence-transformers restores a chat template's tail that truncation cut off (rows padded on either side)."""
+    mask = feeds["attention_mask"]
+    lengths = mask.sum(axis=1)
+    if max_length is None or not len(suffix) or not len(lengths) or lengths.max() < max_length:
+        return
+    ids = feeds["input_ids"]
+    ends = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)  # one past the last real token
+    for row in np.flatnonzero(lengths >= max_length):
+        keep = min(len(suffix), int(lengths[row]))
+        ids[row, ends[row] - keep : ends[row]] = suffix[len(suffix) - keep :]
+
+
 class CrossEncoder(ExportedModel):
     """A cross-encoder (reranker) exported by `st-export`; the transformer, classifier head and the model's
     activation function run inside one ONNX graph, so `predict` only tokenizes pairs, runs and reorders.
@@ -118,6 +132,19 @@ class CrossEncoder(ExportedModel):
         """Name of the activation the graph applies to the logits by default ("sigmoid", "identity", ...), as
         sentence-transformers' CrossEncoder.predict does; None when it is one st_runtime has no numpy name for."""
         return self.manifest.task_config.activation
+
+    def tokenizer_inputs(self, pairs: list[Pair], prompt: str | None) -> list[Pair] | list[str]:
+        """What the tokenizer takes for `pairs` with a resolved `prompt`, as sentence-transformers builds it: each
+        pair laid out by the model's chat template (LLM rerankers that have one; the prompt goes where the template
+        puts it), else the pair with the prompt prepended to its first text.
+
+        Raises:
+            ValueError: a prompt for a chat template that has no place for one.
+        """
+        template = self.manifest.task_config.pair_template
+        if template is not None:
+            return [template.render(first, second, prompt) for first, second in pairs]
+        return [(prompt + first, second) for first, second in pairs] if prompt else pairs
 
     def predict(
         self,
@@ -164,14 +191,15 @@ class CrossEncoder(ExportedModel):
                              "returned by default (torch.from_numpy converts it without a copy).")
         pairs, single = check_pairs(inputs)
         activation = resolve_activation(activation_fn) if activation_fn is not None else None
-        prompt = self._resolve_prompt(prompt, prompt_name)
-        if prompt:
-            pairs = [(prompt + first, second) for first, second in pairs]
+        items = self.tokenizer_inputs(pairs, self._resolve_prompt(prompt, prompt_name))
         output = "scores" if activation is None else "logits"
         graph = self.routes.graph(None)
+        template = self.manifest.task_config.pair_template
         scores: np.ndarray | None = None
-        for index, feeds in tokenized_batches(pairs, graph.tokenizer, batch_size, show_progress_bar,
+        for index, feeds in tokenized_batches(items, graph.tokenizer, batch_size, show_progress_bar,
                                                graph.backend.batch_tokens):
+            if template is not None and template.suffix_ids:
+                restore_suffix(feeds, template.suffix_ids, graph.tokenizer.max_seq_length)
             batch_scores = graph.run(feeds, [output])[0]
             if activation is not None:
                 batch_scores = np.asarray(activation(batch_scores))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields
+from functools import lru_cache
+from string import Formatter
 from typing import Any, ClassVar, Literal, get_args
 
 from st_runtime.manifest_checks import (
@@ -97,17 +99,94 @@ class BiEncoderConfig(TaskConfig):
     OWNER: ClassVar[str] = "a sentence-embedding task_config (which has no keys)"
 
 
+PAIR_FIELDS = ("query", "document")  # the placeholders every pair template holds once, in this order
+PROMPT_FIELD = "prompt"  # and the one a prompted template adds
+
+
+def template_pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    """(literal text, placeholder name or None) pieces of a pair template (`{query}`, `{document}`, `{prompt}`;
+    `{{` and `}}` are literal braces). Nothing in it is evaluated: a placeholder is a bare name.
+
+    Raises:
+        ValueError: a placeholder with a format spec, conversion or attribute, or an unbalanced brace.
+    """
+    pieces = []
+    for literal, name, spec, conversion in Formatter().parse(template):
+        if name is not None and (spec or conversion or not name.isidentifier()):
+            raise ValueError(f"placeholder {{{name}}} is not a bare name")
+        pieces.append((literal, name))
+    return tuple(pieces)
+
+
+def template_check(names: tuple[str, ...], *, none: bool = False) -> Check:
+    """A pair template holding each of `names` exactly once, in that order, and nothing else."""
+    def check(value: Any) -> str | None:
+        if value is None and none:
+            return None
+        want = f"a string with {', '.join('{' + n + '}' for n in names)} once each{' or null' if none else ''}"
+        if not isinstance(value, str):
+            return f"expected {want}"
+        try:
+            found = [name for _, name in template_pieces(value) if name is not None]
+        except ValueError as exc:
+            return f"expected {want} ({exc})"
+        return None if sorted(found) == sorted(names) and [n for n in found if n in PAIR_FIELDS] == list(
+            PAIR_FIELDS) else f"expected {want}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class PairTemplate(JsonRecord):
+    """How an LLM reranker lays out a pair (its chat template, resolved by st-export into fixed text around the
+    query and the document): the text the runtime tokenizes whole (no special tokens added), and the token ids
+    sentence-transformers writes back over the end of a pair cut at max_seq_length (the template's tail)."""
+
+    text: str  # with {query} and {document}
+    prompted: str | None  # the layout when a prompt is given (sentence-transformers: a system message): + {prompt}
+    suffix_ids: tuple[int, ...]  # restored over the last tokens of a pair that reached max_seq_length
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "text": template_check(PAIR_FIELDS), "prompted": template_check((*PAIR_FIELDS, PROMPT_FIELD), none=True),
+        "suffix_ids": list_check(int_check(0), "token ids"),
+    }
+    OWNER: ClassVar[str] = "pair_template"
+
+    def render(self, query: str, document: str, prompt: str | None) -> str:
+        """The text of one pair; a prompt (non-empty) goes where the template puts it.
+
+        Raises:
+            ValueError: a prompt, and the template has no place for one.
+        """
+        template = self.prompted if prompt else self.text
+        if template is None:
+            raise ValueError("this model's chat template has no fixed place for a prompt; call without one")
+        values = {"query": query, "document": document, PROMPT_FIELD: prompt or ""}
+        return "".join(literal + (values[name] if name else "") for literal, name in _pieces(template))
+
+
+@lru_cache(maxsize=64)
+def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    return template_pieces(template)
+
+
 @_config
 class CrossEncoderConfig(TaskConfig):
-    """text-ranking: the graph's `scores` output already has the model's activation applied."""
+    """text-ranking: the graph's `scores` output already has the model's activation applied. An LLM reranker (a
+    causal LM scored by the logits of label tokens, sentence-transformers' LogitScore) also records those tokens and,
+    when its pairs go through a chat template, the template; older folders have neither."""
 
     num_labels: int  # scores per pair: 1 for rerankers, more for pair classifiers (NLI)
     activation: str | None  # the activation's numpy name in st_runtime ("sigmoid", "identity", ...); None: none known
     activation_fn: str  # its dotted path, as sentence-transformers saves it
+    label_token_ids: tuple[int, ...] | None = None  # LLM reranker: (true,) or (true, false); score = true - false
+    pair_template: PairTemplate | None = None  # LLM reranker with a chat template (None: the tokenizer pairs texts)
 
     CHECKS: ClassVar[dict[str, Check]] = {
         "num_labels": int_check(1), "activation": str_check(none=True), "activation_fn": str_check(empty=False),
+        "label_token_ids": list_check(int_check(0), "token ids", none=True), "pair_template": dict_check(none=True),
     }
+    NESTED: ClassVar[dict[str, type[JsonRecord]]] = {"pair_template": PairTemplate}
     OWNER: ClassVar[str] = "a text-ranking task_config"
 
 

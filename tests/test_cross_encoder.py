@@ -17,7 +17,7 @@ from helpers import FP32_ATOL, requires_st_backend, run_blocking_imports, tiny_t
 from sentence_transformers import CrossEncoder
 
 import st_runtime
-from exporters import ParityError, UnsupportedModelError, export
+from exporters import ParityError, export
 from exporters.cli import main as cli_main
 from exporters.cross_encoder import check_cross_encoder_parity
 
@@ -294,14 +294,6 @@ def test_parity_gate_raises_on_a_different_model(exported, tiny_cross_encoder_di
     other = CrossEncoder(str(tiny_cross_encoder_dir("bert", 1, seed=5)), device="cpu")
     with pytest.raises(ParityError, match="differ"):
         check_cross_encoder_parity(other, folder, atol=FP32_ATOL)
-
-
-def test_causal_lm_reranker_is_refused(tiny_cross_encoder_dir, tmp_path):
-    reference = CrossEncoder(str(tiny_cross_encoder_dir("bert", 1)), device="cpu")
-    reference[0].transformer_task = "text-generation"  # as a Qwen-style reranker (LogitScore) declares it
-    with pytest.raises(UnsupportedModelError, match="sequence-classification"):
-        export(reference, tmp_path / "out")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_exports_saved_and_plain_transformers_folders(tiny_cross_encoder_dir, pairs, tmp_path, capsys):

@@ -119,7 +119,8 @@ class ServedModel:
         kind, prompt, _ = key  # type: ignore[misc]
         if kind == "tokenize":  # no graph run: each text is one unit of a batch (its cost is bounded by its characters)
             return np.ones(len(inputs), dtype=np.int64)
-        texts = [(prompt + a, b) for a, b in inputs] if kind == "pairs" else [prompt + t for t in inputs]
+        # pairs: as predict tokenizes them (an LLM reranker's chat template around them), so its ids are reused
+        texts = self.model.tokenizer_inputs(inputs, prompt) if kind == "pairs" else [prompt + t for t in inputs]
         try:
             lengths = self.model.tokenizer.token_counts(texts, max_uncut_chars=self.batcher.limits.max_uncut_chars,
                                                         keep=True)  # the graph run takes these ids: tokenized once
