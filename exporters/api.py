@@ -20,7 +20,7 @@ from exporters.parity import source_dtype_parity
 from exporters.positions import position_limits
 from exporters.source import load_source
 from exporters.source_dtype import SourcePrecision
-from exporters.tracing import broadcast_masks, graph_failures
+from exporters.tracing import VARIANTS_FAILED, broadcast_masks, graph_failures
 from st_runtime.machine import package_versions
 from st_runtime.manifest import Manifest, hash_folder
 
@@ -81,5 +81,6 @@ def export(
         manifest = Manifest(**{**manifest.__dict__, "parity": parity})
         manifest.save(staging)
         if post_process is not None:
-            manifest = post_process(staging)
+            with graph_failures(source.model, "building the variants", VARIANTS_FAILED):
+                manifest = post_process(staging)
     return manifest

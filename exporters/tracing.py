@@ -107,11 +107,15 @@ def failing_module(exc: BaseException, model: nn.Module) -> str | None:
     return None
 
 
+NOT_YET = "This architecture does not export yet"
+VARIANTS_FAILED = "Export without the variant flags for the fp32 folder, or leave out the variant that failed"
+
+
 @contextlib.contextmanager
-def graph_failures(model: nn.Module, what: str) -> Iterator[None]:
+def graph_failures(model: nn.Module, what: str, advice: str = NOT_YET) -> Iterator[None]:
     """Turn an unforeseen exception while `what` (e.g. "tracing the graph") into one GraphExportError naming the
-    module that raised it and the architecture; the project's own errors, OSError (disk, permissions) and
-    ImportError pass unchanged.
+    module that raised it, the architecture and `advice` (what the user can do); the project's own errors, OSError
+    (disk, permissions) and ImportError pass unchanged.
 
     Raises:
         GraphExportError: for any other Exception (MemoryError included).
@@ -129,5 +133,5 @@ def graph_failures(model: nn.Module, what: str) -> Iterator[None]:
                 "memory, or export on a machine with more.") from exc
         raise GraphExportError(
             f"{what.capitalize()} failed{place}, architecture {architecture(model)}: {type(exc).__name__}: "
-            f"{one_line(exc)[:300]}. Nothing was written. This architecture does not export yet: please report it, "
-            f"with the traceback that {DEBUG_ENV}=1 prints.") from exc
+            f"{one_line(exc)[:300]}. Nothing was written. {advice}: please report it, with the traceback that "
+            f"{DEBUG_ENV}=1 prints.") from exc

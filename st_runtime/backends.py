@@ -106,7 +106,7 @@ class OpenVinoBackend:
             self.compiled = core.compile_model(model, device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"OpenVINO could not load {path}: {exc}. Re-export the model.") from exc
-        self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)
+        self.input_names = tuple(input_name(port) for port in self.compiled.inputs)
         self._outputs = {name: port for port in self.compiled.outputs for name in port.get_names()}
         if "last_hidden_state" in self._outputs:
             # An IR names the token embeddings only last_hidden_state (quantizers/openvino_passes.py), because
@@ -129,3 +129,11 @@ class OpenVinoBackend:
         if shape is None or shape.rank.is_dynamic or len(shape) == 0 or shape[len(shape) - 1].is_dynamic:
             return None
         return shape[len(shape) - 1].get_length()
+
+
+def input_name(port: Any) -> str:
+    """The name an OpenVINO input port is fed by: the graph input's own name among the port's names. When OpenVINO
+    folds a no-op Cast of an input into it, the port also carries the Cast's output name ("/Cast_1_output_0"), which
+    `get_any_name()` may return instead of "attention_mask"; ONNX node outputs start with "/", graph inputs do not."""
+    names = sorted(name for name in port.get_names() if not name.startswith("/"))
+    return names[0] if names else port.get_any_name()

@@ -136,3 +136,15 @@ def test_any_failure_of_torch_onnx_export_is_one_line(gemma_source, tmp_path, ca
     line = cli_error([str(gemma_source), "-o", str(tmp_path / "out")], capsys)
     assert expected in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_while_building_variants_is_one_line(gemma_source, tmp_path, capsys, monkeypatch):
+    """An unforeseen error of a quantizer (onnxruntime, OpenVINO, NNCF) after the fp32 graph passed parity: one line
+    that says how to get the fp32 folder, exit 1, nothing written."""
+    import quantizers
+
+    monkeypatch.setattr(quantizers, "quantize", lambda *args, **kwargs: raise_in_export(RuntimeError("bad node"))())
+    line = cli_error([str(gemma_source), "-o", str(tmp_path / "out"), "--quantize", "int8"], capsys)
+    assert "Building the variants failed" in line and "RuntimeError: bad node" in line, line
+    assert "without the variant flags" in line and "gemma3_text" in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -295,3 +295,24 @@ def test_variant_selection(exported):
     assert st_runtime.SentenceTransformer(folder, file_name="onnx/model.onnx").variant.name == "fp32"
     with pytest.raises(ManifestError, match="Available: fp32"):
         st_runtime.SentenceTransformer(folder, variant="qint8")
+
+
+class _Port:
+    """An OpenVINO input port as compile_model leaves it when it folds a no-op Cast of the input into it."""
+
+    def __init__(self, names: set[str], any_name: str) -> None:
+        self._names, self._any = names, any_name
+
+    def get_names(self) -> set[str]:
+        return self._names
+
+    def get_any_name(self) -> str:
+        return self._any
+
+
+def test_openvino_inputs_are_fed_by_the_graph_input_name():
+    from st_runtime.backends import input_name
+
+    assert input_name(_Port({"/Cast_1_output_0", "attention_mask"}, "/Cast_1_output_0")) == "attention_mask"
+    assert input_name(_Port({"input_ids"}, "input_ids")) == "input_ids"
+    assert input_name(_Port({"/Only_output_0"}, "/Only_output_0")) == "/Only_output_0"
