@@ -127,14 +127,15 @@ TOKENIZERS = {
 }
 
 
-def family_tokenizer(name: str, max_length: int):
+def family_tokenizer(name: str, max_length: int, input_names: tuple[str, ...] = ("input_ids", "attention_mask")):
     """The transformers tokenizer of recipe `name`, its vocabulary size asserted and a mixed-script text checked to
     tokenize to more than unknown tokens."""
     from transformers import PreTrainedTokenizerFast
 
     recipe = TOKENIZERS[name]
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=recipe.build(), model_max_length=max_length,
-                                        padding_side=recipe.padding_side, **recipe.roles)
+                                        padding_side=recipe.padding_side, model_input_names=list(input_names),
+                                        **recipe.roles)
     assert recipe.vocab_size <= len(tokenizer) <= recipe.vocab_size + 10, (name, len(tokenizer))
     ids = tokenizer("Zürich, Москва, 東京 and the cat")["input_ids"]
     assert len(set(ids) - {tokenizer.unk_token_id}) > 5, (name, ids)
@@ -196,8 +197,7 @@ def build_family(name: str, folder: Path, *, head: str = "base", max_length: int
     import transformers
 
     family = FAMILIES[name]
-    tokenizer = family_tokenizer(family.tokenizer, max_length)
-    tokenizer.model_input_names = list(family.input_names)
+    tokenizer = family_tokenizer(family.tokenizer, max_length, family.input_names)
     torch.manual_seed(seed)
     roles = TOKENIZERS[family.tokenizer].roles
     specials = {f"{role}_id": tokenizer.convert_tokens_to_ids(token) for role, token in roles.items()

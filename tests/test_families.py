@@ -8,6 +8,7 @@ Runs on both sentence-transformers lines; MultiVectorEncoder (ColBERT) exists on
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from sentence_transformers.sparse_encoder.modules import SpladePooling
 import st_runtime
 from exporters import export
 from exporters.cli import build_parser, variant_configs
-from quantizers import quantize
+from quantizers import OpenVino, quantize
+from st_runtime.errors import StRuntimeError, one_line
 
 pytest.importorskip("openvino", reason="the OpenVINO column needs the openvino extra")
 HAS_MULTI_VECTOR = importlib.util.find_spec("sentence_transformers.multi_vector_encoder") is not None
@@ -38,6 +40,11 @@ TEXTS = [LONG, "a", "", "What is the capital of France?", "Résumé, naïve caf�
          "The quick brown fox jumps over the lazy dog near the riverbank at dawn.", "ภาษาไทย 한국어 हिन्दी " * 10, "ok"]
 PAIRS = [(TEXTS[3], TEXTS[0]), (TEXTS[1], TEXTS[4]), (TEXTS[3], TEXTS[5]), (TEXTS[0], TEXTS[6]), (TEXTS[7], TEXTS[2]),
          (TEXTS[5], TEXTS[3])]
+# Cells that fail on the sentence-transformers 5 line (transformers 4.57). Each is asserted to still fail, so that the
+# matrix in docs/models.md is updated when one is fixed.
+TRANSFORMERS_4 = int(importlib.metadata.version("transformers").split(".")[0]) < 5
+TRACING_FAILS_ON_4 = {("qwen3", "bi"), ("mistral", "bi"), ("llama", "bi"), ("qwen3", "cross")}
+OPENVINO_FAILS_ON_4 = {("deberta-v2", "bi")}
 QUERIES = ["a", "capital of France?", "Zürich 東京 😊", "what is late interaction retrieval and how does it work " * 2]
 
 # (family, kind): every family as a bi-encoder; the other kinds on a representative subset (the fill-mask families
@@ -126,6 +133,13 @@ def exported(request, tmp_path_factory):
     configs = variant_configs(build_parser().parse_args(["source", "-o", "out", *CLI_FLAGS]))
     if request.param not in OPENVINO_INT8:
         configs = [c for c in configs if c.name != "openvino_qint8_weights"]
+    if TRANSFORMERS_4 and request.param in TRACING_FAILS_ON_4:
+        with pytest.raises(Exception):  # noqa: B017  (whichever error tracing ends in, it must still fail)
+            export(reference, root / "out")
+        pytest.xfail("transformers 4.57 builds the causal mask with torch.func.vmap, which the TorchScript tracer "
+                     "cannot follow (RuntimeError: unordered_map::at)")
+    if TRANSFORMERS_4 and request.param in OPENVINO_FAILS_ON_4:
+        configs = [c for c in configs if c.backend != "openvino"]
     manifest = export(reference, root / "out", post_process=lambda folder: quantize(folder, configs, heldout=TEXTS))
     return family, kind, outputs(reference, kind), root / "out", manifest
 
@@ -152,14 +166,26 @@ def min_cosine(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
 def test_onnxruntime_matches_sentence_transformers(exported):
     _, kind, expected, folder, manifest = exported
     assert manifest.parity["max_abs_diff"] <= ATOL
-    assert max_diff(expected, outputs(runtime(folder, kind), kind)) <= ATOL
+    diff = max_diff(expected, outputs(runtime(folder, kind), kind))
+    print(f"onnxruntime max |diff| {diff:.2e}")  # docs/models.md's worst differences come from -rP
+    assert diff <= ATOL
 
 
 def test_openvino_matches_sentence_transformers(exported):
-    _, kind, expected, folder, manifest = exported
+    family, kind, expected, folder, manifest = exported
+    if TRANSFORMERS_4 and (family, kind) in OPENVINO_FAILS_ON_4:
+        # OpenVINO 2026.4's CPU plugin cannot compile transformers 4.57's DeBERTa-v2 graph (a dynamic-rank shape): the
+        # folder is left unchanged and the error is one line that names OpenVINO.
+        with pytest.raises(StRuntimeError) as info:
+            quantize(folder, [OpenVino("fp32")], heldout=TEXTS)
+        assert one_line(info.value).startswith("OpenVINO could not load")
+        assert "openvino" not in {v.backend for v in st_runtime.load(folder).manifest.variants}
+        return
     ir = manifest.variant(name="openvino")
     assert ir.backend == "openvino" and ir.file.endswith(".xml")
-    assert max_diff(expected, outputs(runtime(folder, kind, "openvino"), kind)) <= ATOL
+    diff = max_diff(expected, outputs(runtime(folder, kind, "openvino"), kind))
+    print(f"openvino max |diff| {diff:.2e}")
+    assert diff <= ATOL
 
 
 def test_int8_variants_stay_close_to_fp32(exported):
@@ -171,4 +197,5 @@ def test_int8_variants_stay_close_to_fp32(exported):
     assert len(names) == 1 + ((family, kind) in OPENVINO_INT8), [v.name for v in manifest.variants]
     for name in names:
         cosine = min_cosine(fp32, outputs(runtime(folder, kind, name), kind))
+        print(f"{name} min cosine to fp32 {cosine:.5f}")
         assert cosine >= INT8_MIN_COSINE, (name, cosine)
