@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from st_runtime.backends import import_without_telemetry, without_telemetry
+
 
 def _openvino():
     try:
-        import openvino as ov
+        ov = import_without_telemetry("openvino")
     except ImportError as exc:
         raise ImportError("OpenVINO export needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
     return ov
@@ -17,7 +19,7 @@ def _openvino():
 
 def _nncf():
     try:
-        import nncf
+        nncf = import_without_telemetry("nncf")  # NNCF decides on its telemetry once, when it is imported
     except ImportError as exc:
         raise ImportError("NNCF int8 needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
     return nncf
@@ -32,7 +34,8 @@ def read_onnx(src: Path):
     reads last_hidden_state, so the token_embeddings copy is dropped; st_runtime reads last_hidden_state for it.
     """
     ov = _openvino()
-    model = ov.convert_model(str(src))
+    with without_telemetry():
+        model = ov.convert_model(str(src))
     if any("last_hidden_state" in output.get_names() for output in model.outputs):
         for result in list(model.get_results()):
             if result.output(0).get_names() == {"token_embeddings"}:

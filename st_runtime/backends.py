@@ -3,9 +3,13 @@ two things: `input_names` and `run(outputs, feeds) -> list[np.ndarray]`; both ar
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,6 +19,7 @@ from st_runtime.machine import available_cores
 from st_runtime.providers import ProviderSpec, create_session
 
 OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+_ENVIRON = threading.Lock()
 OPENVINO_PRECISIONS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
 
 
@@ -81,7 +86,7 @@ class OpenVinoBackend:
     def __init__(self, path: Path, *, device: str = "CPU", inference_precision: str | None = None,
                  num_threads: int | None = None) -> None:
         try:
-            import openvino as ov
+            ov = import_without_telemetry("openvino")
         except ImportError as exc:
             raise ImportError("Running OpenVINO IR needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
         if device.upper().split(":")[0].split(".")[0] not in OPENVINO_DEVICES:
@@ -137,3 +142,27 @@ def input_name(port: Any) -> str:
     `get_any_name()` may return instead of "attention_mask"; ONNX node outputs start with "/", graph inputs do not."""
     names = sorted(name for name in port.get_names() if not name.startswith("/"))
     return names[0] if names else port.get_any_name()
+
+
+@contextlib.contextmanager
+def without_telemetry() -> Iterator[None]:
+    """Inside this block OpenVINO and NNCF send no usage telemetry. `import openvino` (its converter, ovc), every
+    `convert_model` call and `import nncf` start openvino-telemetry (Google Analytics events; offline, its attempts
+    cost 7-11 s a conversion) unless they think they run in CI, and CI=true is the only off switch they read: it is
+    set for the block and restored after, under a lock."""
+    with _ENVIRON:
+        previous = os.environ.get("CI")
+        os.environ["CI"] = "true"
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("CI", None)
+            else:
+                os.environ["CI"] = previous
+
+
+def import_without_telemetry(name: str) -> ModuleType:
+    """`importlib.import_module(name)` inside `without_telemetry` (openvino, nncf)."""
+    with without_telemetry():
+        return importlib.import_module(name)

@@ -308,3 +308,43 @@ def test_dynamic_int8_logs_no_preprocessing_hint(exported, sentences, caplog):
     with caplog.at_level("INFO"):
         quantize(folder, ["int8"], heldout=sentences[:5])
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+
+
+TELEMETRY_CHILD = """
+import sys
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+
+results = []
+check = OptInChecker.check
+OptInChecker.check = lambda self, *a, **k: results.append(check(self, *a, **k)) or results[-1]
+
+from quantizers import openvino_passes
+
+graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+path = Path(sys.argv[1]) / "identity.onnx"
+onnx.save(helper.make_model(graph), str(path))
+openvino_passes.read_onnx(path)
+openvino_passes._nncf()
+assert results and all(r == ConsentCheckResult.DECLINED for r in results), results
+print("declined", len(results))
+"""
+
+
+def test_openvino_conversion_sends_no_telemetry(tmp_path):
+    """OpenVINO's converter and NNCF send usage telemetry unless they think they run in CI (offline, each conversion
+    waited 7-11 s on it): st_runtime, st-export's conversions and NNCF decline it, whatever the environment says."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")} | {"HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", TELEMETRY_CHILD, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "declined" in done.stdout
