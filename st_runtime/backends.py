@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from st_runtime.errors import ModelFileError, ProviderError
+from st_runtime.errors import ModelFileError, ProviderError, one_line
 from st_runtime.machine import available_cores
 from st_runtime.providers import ProviderSpec, create_session
 
@@ -110,7 +110,10 @@ class OpenVinoBackend:
                 config["SNIPPETS_MODE"] = "DISABLE"
             self.compiled = core.compile_model(model, device, config)
         except RuntimeError as exc:
-            raise ModelFileError(f"OpenVINO could not load {path}: {exc}. Re-export the model.") from exc
+            raise ModelFileError(
+                f"OpenVINO could not load {path.name}: {one_line(exc)[:300]}. OpenVINO {ov.get_version()} may not run "
+                "this architecture: use an onnx variant of the model (st-export without --backend openvino), or "
+                "re-export it if the file is damaged.") from exc
         self.input_names = tuple(input_name(port) for port in self.compiled.inputs)
         self._outputs = {name: port for port in self.compiled.outputs for name in port.get_names()}
         if "last_hidden_state" in self._outputs:
