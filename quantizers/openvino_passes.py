@@ -53,6 +53,39 @@ def int8_weights(src: Path, dst: Path) -> None:
     ov.save_model(model, str(dst), compress_to_fp16=False)
 
 
+def int4_weights(src: Path, dst: Path, *, group_size: int, symmetric: bool) -> dict[str, int]:
+    """NNCF int4 weight compression in groups of `group_size` inputs (a smaller power-of-2 group, down to 32, where it
+    does not divide a weight's input size; int8 where none does); activations stay floating point.
+
+    Returns:
+        {"int4_weights": n, "int8_weights": m, "group_size": group_size}: the weights stored in each precision.
+
+    Raises:
+        QuantizationError: no weight was compressed to int4.
+    """
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    from quantizers.errors import QuantizationError
+
+    ov, nncf = _openvino(), _nncf()
+    mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+    model = nncf.compress_weights(
+        read_onnx(src), mode=mode, group_size=group_size, ratio=1.0,
+        advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
+    counts = compressed_weights(model)
+    if not counts["int4_weights"]:
+        raise QuantizationError("OpenVINO int4 weight compression compressed no weight to int4 (NNCF found no "
+                                "weight it could group); nothing was written. Use --quantize int8 for this model.")
+    ov.save_model(model, str(dst), compress_to_fp16=False)
+    return {**counts, "group_size": group_size}
+
+
+def compressed_weights(model) -> dict[str, int]:
+    """How many constants of an OpenVINO model are stored in 4 and in 8 bits (the compressed weights)."""
+    types = [op.get_output_element_type(0).get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"]
+    return {"int4_weights": sum(t in ("u4", "i4") for t in types), "int8_weights": sum(t in ("u8", "i8") for t in types)}
+
+
 def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     """NNCF post-training static int8 with the transformer preset, calibrated on `feeds`."""
     ov, nncf = _openvino(), _nncf()
