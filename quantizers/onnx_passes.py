@@ -217,12 +217,7 @@ def weight_only(src: Path, dst: Path, config: WeightOnly) -> dict[str, int]:
     Raises:
         QuantizationError: no MatMul was quantized (a graph without constant 2-D MatMul weights).
     """
-    try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError as exc:  # it needs onnx-ir
-        raise QuantizationError(f"Weight-only quantization needs onnxruntime's MatMulNBits quantizer, which could not "
-                                f"be imported ({exc}); pip install onnx-ir.") from exc
-
+    MatMulNBitsQuantizer = _matmul_nbits_quantizer()
     external = uses_external_data(src)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=config.bits, block_size=config.block_size,
                                      is_symmetric=config.symmetric, accuracy_level=config.accuracy_level)
@@ -236,6 +231,27 @@ def weight_only(src: Path, dst: Path, config: WeightOnly) -> dict[str, int]:
     _save(model, dst, external)
     return {"quantized_nodes": count, "bits": config.bits, "block_size": config.block_size,
             "accuracy_level": config.accuracy_level}
+
+
+def _matmul_nbits_quantizer() -> type:
+    """onnxruntime's MatMulNBitsQuantizer, imported without its side effect: at import it calls
+    logging.basicConfig(level=INFO), which would print a line per graph node in any program that has not configured
+    logging yet. A handler on the root logger for the import makes that call a no-op.
+
+    Raises:
+        QuantizationError: it cannot be imported (it needs the onnx-ir package).
+    """
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise QuantizationError(f"Weight-only quantization needs onnxruntime's MatMulNBits quantizer, which could not "
+                                f"be imported ({exc}); pip install onnx-ir.") from exc
+    finally:
+        root.removeHandler(placeholder)
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # "skip to quantize <node>" per node
+    return MatMulNBitsQuantizer
 
 
 def weight_nodes(model: onnx.ModelProto, op_types: list[str], *, skip_after_activation: bool = False) -> list[str]:
