@@ -187,7 +187,7 @@ class WeightOnly(OnnxPass):
     """onnxruntime weight-only quantization (MatMulNBits): the weight of every MatMul with a constant 2-D weight
     stored in `bits`-bit blocks of `block_size` inputs, each with its own scale and zero point; activations stay
     float. What decoder-sized models run with on CPU. `accuracy_level`: the precision MatMulNBits computes in
-    (0: the input's own, fp32; 4: int8 activations), chosen by measurement (docs/models-notes-C.md)."""
+    (0: the input's own, fp32; 4: int8 activations), chosen by measurement (docs/models.md, weight-only variants)."""
 
     bits: Literal[4, 8] = 4
     block_size: int = 32

@@ -81,9 +81,19 @@ def int4_weights(src: Path, dst: Path, *, group_size: int, symmetric: bool) -> d
 
 
 def compressed_weights(model) -> dict[str, int]:
-    """How many constants of an OpenVINO model are stored in 4 and in 8 bits (the compressed weights)."""
-    types = [op.get_output_element_type(0).get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"]
-    return {"int4_weights": sum(t in ("u4", "i4") for t in types), "int8_weights": sum(t in ("u8", "i8") for t in types)}
+    """How many weights of an OpenVINO model are stored in 4 and in 8 bits: the low-bit constants, less the zero
+    points of asymmetric modes (those feed the Subtract of the dequantization: constant -> Convert -> Subtract[1])."""
+    counts = {"int4_weights": 0, "int8_weights": 0}
+    for op in model.get_ops():
+        element = op.get_output_element_type(0).get_type_name() if op.get_type_name() == "Constant" else ""
+        if element not in ("u4", "i4", "u8", "i8"):
+            continue
+        consumers = [target for convert in op.output(0).get_target_inputs()
+                     for target in convert.get_node().output(0).get_target_inputs()]
+        if any(t.get_node().get_type_name() == "Subtract" and t.get_index() == 1 for t in consumers):
+            continue
+        counts["int4_weights" if element in ("u4", "i4") else "int8_weights"] += 1
+    return counts
 
 
 def static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:

@@ -6,6 +6,7 @@ gets its weight MatMuls quantized, and a graph with none fails in one line inste
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,12 @@ from exporters.cli import main as cli_main
 from quantizers import AccuracyError, quantize, variant_config
 from quantizers.configs import WeightOnly
 from st_runtime.manifest import hash_folder, load_manifest
+
+# transformers 4.57 builds Qwen3's causal mask with torch.vmap, which the TorchScript tracer cannot follow (the vmap
+# part of issue 24, another change); transformers 5 builds it without.
+TRANSFORMERS_5 = int(metadata.version("transformers").split(".")[0]) >= 5
+requires_transformers_5 = pytest.mark.skipif(not TRANSFORMERS_5, reason="Qwen3 traces on transformers 5 only (its "
+                                             "4.57 mask uses torch.vmap); this is the sentence-transformers 5 line")
 
 
 def weight_matmuls(path: Path) -> int:
@@ -48,6 +55,7 @@ TEXTS = ["What is the capital of France?", "Paris is the capital of France.", "�
          "القاهرة هي عاصمة مصر", "mIxEd CaSe TeXt 😊", "How do I reset my password?", "12345 67890"]
 
 
+@requires_transformers_5
 def test_weight_only_variants_are_recorded_with_their_accuracy(qwen3):
     model, _, folder = qwen3
     manifest = load_manifest(folder)
@@ -73,6 +81,7 @@ def test_weight_only_variants_are_recorded_with_their_accuracy(qwen3):
     assert np.sum(actual * reference, axis=1).min() > 0.9
 
 
+@requires_transformers_5
 def test_min_accuracy_refuses_a_weight_only_variant_and_writes_nothing(qwen3, tmp_path, capsys):
     _, source, folder = qwen3
     score = load_manifest(folder).variant(name="qint4_weights").accuracy["score"]
@@ -112,12 +121,13 @@ def test_every_kind_gets_its_weight_matmuls_quantized(tmp_path, tiny_transformer
         test_cross_encoder.build_tiny_cross_encoder(ce_dir, bert_vocab, arch="bert", num_labels=1)
     splade = TorchSparseEncoder(modules=[Transformer(str(mlm_dir), transformer_task="fill-mask", max_seq_length=48),
                                          SpladePooling("max")], device="cpu")
-    models = {"cross-encoder": CrossEncoder(str(ce_dir), device="cpu"),
-              "splade": splade, "colbert": test_multi_vector.build_model("bert-min-attend-both", tmp_path, bert_vocab)}
+    models = {"cross-encoder": CrossEncoder(str(ce_dir), device="cpu"), "splade": splade}
+    if test_multi_vector.HAS_MULTI_VECTOR:  # sentence-transformers 6
+        models["colbert"] = test_multi_vector.build_model("bert-min-attend-both", tmp_path, bert_vocab)
     for kind, model in models.items():
         folder = tmp_path / kind
         export(model, folder)
-        variant = quantize(folder, ["int4-weights"], heldout=TEXTS * 2).variant(name="qint4_weights")
+        variant = quantize(folder, ["int4-weights"], heldout=TEXTS).variant(name="qint4_weights")
         assert variant.report["quantized_nodes"] == weight_matmuls(folder / "onnx/model.onnx") > 0, kind
         assert op_count(folder / variant.file, "MatMulNBits") == variant.report["quantized_nodes"], kind
         assert 0.5 < variant.accuracy["score"] <= 1.0, kind
