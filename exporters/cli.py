@@ -17,12 +17,15 @@ EXAMPLES = """examples:
   st-export ./all-MiniLM-L6-v2 -o out --quantize int8                      # + dynamic int8 for this CPU
   st-export ./all-MiniLM-L6-v2 -o out --optimize O3 --quantize int8 int8-static --calibration texts.txt
   st-export ./all-MiniLM-L6-v2 -o out --backend onnx openvino --quantize int8-static --bf16 --min-accuracy 0.99
+  st-export ./Qwen3-Embedding-0.6B -o out --backend onnx openvino --quantize int8-weights int4-weights
   st-export all-MiniLM-L6-v2 -o out --quantize int8       (a models_zoo recipe: its local weights, offline)
   st-export sentence-transformers/all-MiniLM-L6-v2 -o out   (Hub id: needs network access unless a recipe has it)
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quantizers.variants import quantize_flag_values
+
     parser = argparse.ArgumentParser(
         prog="st-export",
         description="Export a sentence-transformers model, its whole pipeline in one ONNX graph, into a folder "
@@ -43,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     variants.add_argument("--backend", nargs="+", choices=["onnx", "openvino"], default=["onnx"],
                           help="where the variants go: onnx/ (onnxruntime) and/or openvino/ (IR; adds the fp32 IR)")
     variants.add_argument("--optimize", choices=["O1", "O2", "O3", "O4"], help="onnxruntime optimization level")
-    variants.add_argument("--quantize", nargs="+", choices=["int8", "int8-static"], default=[],
-                          help="int8: dynamic (onnx) / int8 weights (openvino); int8-static: calibrated QDQ (onnx) / NNCF")
+    variants.add_argument("--quantize", nargs="+", choices=quantize_flag_values(), default=[],
+                          help="int8: dynamic (onnx) / int8 weights (openvino); int8-static: calibrated QDQ (onnx) / NNCF; "
+                          "int8-weights, int4-weights: weight-only, activations in float (onnx MatMulNBits / openvino "
+                          "NNCF weight compression), for decoder-sized models")
     variants.add_argument("--isa", choices=["arm64", "avx2", "avx512", "avx512_vnni"],
                           help="int8 preset (default: detected from this CPU)")
     variants.add_argument("--calibration", type=Path, help="calibration texts, one per line (default: the shipped set)")

@@ -8,12 +8,15 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import onnx
-import torch
 from onnx import numpy_helper
-from torch import Tensor, nn
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model
+
+if TYPE_CHECKING:  # torch is imported where a graph is traced: the quantizers use save_onnx without it
+    from torch import Tensor, nn
 
 DEFAULT_OPSET = 17
 EAGER = "eager"
@@ -75,6 +78,9 @@ def export_onnx(
 ) -> list[Path]:
     """Export `graph` traced on `example_inputs` to `path`.
 
+    Memory stays bounded by the traced model: the traced file is read without its external data (torch writes one
+    file per tensor above 2 GiB) and the weights are streamed into `<path>_data` one tensor at a time (`save_onnx`).
+
     Args:
         optional_inputs: inputs that get a default value (stored as an initializer the caller may override),
             so consumers that do not know them, like sentence-transformers' ONNX backend, can run the graph.
@@ -82,7 +88,12 @@ def export_onnx(
 
     Returns:
         The files written (the .onnx file, and its external data file when used).
+
+    Raises:
+        ValueError: external_data=False for weights over 2 GiB (a protobuf cannot hold them).
     """
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="trace-", dir=path.parent))
     try:
@@ -100,23 +111,138 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        proto = onnx.load(str(traced_path), load_external_data=True)
+        proto = onnx.load(str(traced_path), load_external_data=False)
         for name, default in (optional_inputs or {}).items():
             _give_default(proto, name, default)
-        weights = sum(len(t.raw_data) for t in proto.graph.initializer)
-        use_external = external_data if external_data is not None else weights > PROTOBUF_LIMIT * 0.9
-        location = path.name + EXTERNAL_DATA_SUFFIX
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=use_external,
-            all_tensors_to_one_file=True,
-            location=location,
-            size_threshold=1024,
-        )
+        if external_data is False and tensor_bytes(proto) > PROTOBUF_LIMIT * 0.9:
+            raise ValueError(f"The graph's weights ({tensor_bytes(proto) / 1024**3:.2f} GiB) cannot be stored inside "
+                             "one .onnx file (protobuf's 2 GiB limit); export with external data.")
+        return save_onnx(proto, path, base_dir=scratch, external_data=external_data)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return [path, path.with_name(location)] if use_external else [path]
+
+
+def external_data_file(path: Path) -> Path:
+    """Where the weights of graph `path` go when they are external: `<path>_data` (the runtime looks there too)."""
+    return path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of `graph` that may hold weights: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == onnx.AttributeProto.TENSORS:
+                yield from attribute.tensors
+            for sub in (attribute.g, *attribute.graphs):
+                yield from _tensors(sub)
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _external_span(tensor: onnx.TensorProto, base_dir: Path) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor's bytes."""
+    info = ExternalDataInfo(tensor)
+    file = base_dir / info.location
+    offset = info.offset or 0
+    length = info.length if info.length is not None else file.stat().st_size - offset
+    return file, offset, length
+
+
+def tensor_bytes(model: onnx.ModelProto, base_dir: Path | None = None) -> int:
+    """Bytes of weights in `model`, inline or external (external lengths as recorded; read from files under
+    `base_dir` when a tensor has none), without loading any external data."""
+    total = 0
+    for tensor in _tensors(model.graph):
+        if _is_external(tensor):
+            length = ExternalDataInfo(tensor).length
+            total += (length or 0) if length is not None or base_dir is None else _external_span(tensor, base_dir)[2]
+        else:
+            total += tensor.ByteSize()
+    return total
+
+
+def uses_external_data(path: Path) -> bool:
+    """Whether graph `path` keeps its weights in `<path>_data` (as st-export and the quantizers write it)."""
+    return external_data_file(path).is_file()
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, *, base_dir: Path | None = None,
+              external_data: bool | None = None, size_threshold: int = 1024) -> list[Path]:
+    """Write `model` to `path`, one tensor at a time, with its weights inline or in `<path>_data`.
+
+    Tensors of `model` that are already external (loaded with load_external_data=False) are read from their files
+    under `base_dir` in chunks, so the weights are never all in memory at once; each tensor of at least
+    `size_threshold` bytes goes to `<path>_data` at an offset aligned to 4 KiB (pages onnxruntime can map).
+    The data file is written under another name and renamed, so `base_dir` may be `path`'s own folder.
+
+    Args:
+        external_data: True / False, or None: external when the weights exceed 90% of protobuf's 2 GiB.
+
+    Returns:
+        The files written: `path`, and `<path>_data` when external.
+    """
+    data_path = external_data_file(path)
+    if external_data is None:
+        external_data = tensor_bytes(model, base_dir) > PROTOBUF_LIMIT * 0.9
+    if not external_data:
+        if any(_is_external(t) for t in _tensors(model.graph)):
+            if base_dir is None:
+                raise ValueError("The model has external tensors but no base_dir to read them from.")
+            load_external_data_for_model(model, str(base_dir))
+        onnx.save_model(model, str(path))
+        data_path.unlink(missing_ok=True)  # an earlier external file of `path`, already read into memory
+        return [path]
+    partial = data_path.with_name(data_path.name + ".partial")
+    sources: dict[Path, BinaryIO] = {}
+    try:
+        with open(partial, "wb") as out:
+            for tensor in _tensors(model.graph):
+                if _is_external(tensor):
+                    if base_dir is None:
+                        raise ValueError("The model has external tensors but no base_dir to read them from.")
+                    file, offset, length = _external_span(tensor, base_dir)
+                    source = sources.get(file) or sources.setdefault(file, open(file, "rb"))  # noqa: SIM115
+                    source.seek(offset)
+                    start = _align(out)
+                    _copy(source, out, length)
+                elif tensor.HasField("raw_data") and len(tensor.raw_data) >= size_threshold:
+                    start, length = _align(out), len(tensor.raw_data)
+                    out.write(tensor.raw_data)
+                    tensor.ClearField("raw_data")
+                else:
+                    continue  # small, or typed fields (float_data, ...): stays inline
+                del tensor.external_data[:]
+                for key, value in (("location", data_path.name), ("offset", str(start)), ("length", str(length))):
+                    tensor.external_data.add(key=key, value=value)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+    finally:
+        for source in sources.values():
+            source.close()
+    onnx.save_model(model, str(path))
+    partial.replace(data_path)
+    return [path, data_path]
+
+
+def _align(out: BinaryIO, alignment: int = 4096) -> int:
+    position = out.tell()
+    padding = -position % alignment
+    if padding:
+        out.write(b"\0" * padding)
+    return position + padding
+
+
+def _copy(source: BinaryIO, out: BinaryIO, length: int, chunk: int = 1 << 24) -> None:
+    while length > 0:
+        block = source.read(min(chunk, length))
+        if not block:
+            raise ValueError(f"External data file {source.name} ends before the tensor it holds.")
+        out.write(block)
+        length -= len(block)
 
 
 def _give_default(proto: onnx.ModelProto, name: str, default: np.ndarray) -> None:

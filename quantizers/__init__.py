@@ -1,5 +1,6 @@
 """quantizers: optimized and quantized variants of an exported folder (onnxruntime O1-O4, fp16, dynamic and
-static int8; OpenVINO IR, NNCF int8 weights and static int8), each with a measured accuracy.
+static int8, MatMulNBits int8/int4 weights;
+OpenVINO IR, NNCF int8/int4 weights and static int8), each with a measured accuracy.
 
 The configs and the variant vocabulary (quantizers.variants) import no onnx; `quantize` needs the export extra."""
 
@@ -12,11 +13,13 @@ from quantizers.configs import (
     DynamicInt8,
     Fp16,
     OpenVino,
+    OpenVinoInt4Weights,
     OpenVinoInt8Weights,
     OpenVinoStaticInt8,
     Optimize,
     QuantizationConfig,
     StaticInt8,
+    WeightOnly,
 )
 from quantizers.errors import AccuracyError, QuantizationError
 from quantizers.variants import VARIANT_KEYS, variant_config
@@ -39,12 +42,14 @@ __all__ = [
     "DynamicInt8",
     "Fp16",
     "OpenVino",
+    "OpenVinoInt4Weights",
     "OpenVinoInt8Weights",
     "OpenVinoStaticInt8",
     "Optimize",
     "QuantizationConfig",
     "QuantizationError",
     "StaticInt8",
+    "WeightOnly",
     "quantize",
     "variant_config",
 ]

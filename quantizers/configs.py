@@ -183,6 +183,45 @@ class StaticInt8(OnnxPass):
 
 
 @dataclass(frozen=True)
+class WeightOnly(OnnxPass):
+    """onnxruntime weight-only quantization (MatMulNBits): the weight of every MatMul with a constant 2-D weight
+    stored in `bits`-bit blocks of `block_size` inputs, each with its own scale and zero point; activations stay
+    float. What decoder-sized models run with on CPU. `accuracy_level`: the precision MatMulNBits computes in
+    (0: the input's own, fp32; 4: int8 activations), chosen by measurement (docs/models.md, weight-only variants)."""
+
+    bits: Literal[4, 8] = 4
+    block_size: int = 32
+    accuracy_level: int = 4
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"Weight-only bits must be 4 or 8, got {self.bits!r}.")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of 2 of at least 16, got {self.block_size!r}.")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level must be 0-4, got {self.accuracy_level!r}.")
+
+    @property
+    def name(self) -> str:
+        return f"qint{self.bits}_weights"
+
+    @property
+    def precision(self) -> str:
+        return f"int{self.bits}-weights"
+
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Returns {"quantized_nodes": n, "bits", "block_size", "accuracy_level"}.
+
+        Raises:
+            QuantizationError: the graph has no MatMul with a constant 2-D weight (nothing to quantize).
+        """
+        from quantizers import onnx_passes
+
+        return onnx_passes.weight_only(job.src, job.dst, self)
+
+
+@dataclass(frozen=True)
 class Fp16(OnnxPass):
     """fp16 weights and compute (inputs and outputs stay int64/fp32); for GPUs."""
 
@@ -253,6 +292,29 @@ class OpenVinoInt8Weights(OpenVinoPass):
 
 
 @dataclass(frozen=True)
+class OpenVinoInt4Weights(OpenVinoPass):
+    """NNCF int4 weight compression of the OpenVINO IR, in groups of `group_size` inputs (a weight whose input size
+    the group does not divide gets the largest power-of-2 group that does, down to 32, else int8); NNCF keeps the
+    embedding and the last projection in int8 (its backup mode). Activations stay floating point."""
+
+    group_size: int = 128
+    symmetric: bool = False
+    name = "openvino_qint4_weights"
+    file = "openvino/openvino_model_qint4_weights.xml"
+    precision = "int4-weights"
+
+    def apply(self, job: PassJob) -> dict[str, Any]:
+        """Returns {"int4_weights": n, "int8_weights": m, "group_size": g}.
+
+        Raises:
+            QuantizationError: no weight was compressed to int4.
+        """
+        from quantizers import openvino_passes
+
+        return openvino_passes.int4_weights(job.src, job.dst, group_size=self.group_size, symmetric=self.symmetric)
+
+
+@dataclass(frozen=True)
 class OpenVinoStaticInt8(OpenVinoPass):
     """NNCF static int8 quantization (transformer preset) calibrated on texts."""
 
@@ -276,4 +338,5 @@ class OpenVinoStaticInt8(OpenVinoPass):
         return {"calibration_texts": len(texts)}
 
 
-QuantizationConfig = Optimize | DynamicInt8 | StaticInt8 | Fp16 | OpenVino | OpenVinoInt8Weights | OpenVinoStaticInt8
+QuantizationConfig = (Optimize | DynamicInt8 | StaticInt8 | WeightOnly | Fp16 | OpenVino | OpenVinoInt8Weights
+                      | OpenVinoInt4Weights | OpenVinoStaticInt8)

@@ -1,5 +1,7 @@
-"""Graph passes with onnxruntime's tools: O1-O4 optimization, fp16, dynamic and static int8.
-Each reads the fp32 graph and writes a new file; the fp32 graph is never modified. The passes that change the graph's
+"""Graph passes with onnxruntime's tools: O1-O4 optimization, fp16, dynamic and static int8, weight-only int8/int4.
+Each reads the fp32 graph and writes a new file; the fp32 graph is never modified. A graph whose weights are in
+external data (`<file>_data`, over 2 GiB or asked for) gives variants whose weights are external too, written by
+exporters.onnx_export.save_onnx one tensor at a time. The passes that change the graph's
 structure return what they did (fusions, quantized nodes), which the manifest keeps as the variant's report."""
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from exporters.onnx_export import external_data_file, save_onnx, uses_external_data
 from quantizers.calibration import FeedsReader
-from quantizers.configs import DynamicInt8, Optimize, StaticInt8
+from quantizers.configs import DynamicInt8, Optimize, StaticInt8, WeightOnly
+from quantizers.errors import QuantizationError
 
 # The layers worth int8: matrix products and the embedding tables (Gather), which hold most of the bytes.
 DYNAMIC_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
@@ -54,25 +58,54 @@ def optimize(src: Path, dst: Path, config: Optimize, target: FusionTarget = Fusi
     """Write `src` optimized at config.level to `dst`; returns the fusions: how many more nodes of each fused operator
     type (Attention, SkipLayerNormalization, BiasGelu, ...) the optimized graph has than `src` (empty for O1, and for
     a graph where nothing was fused)."""
-    if config.level == "O1":
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(dst)
-        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-        return {}
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+    external = uses_external_data(src)
+    with _scratch(dst) as out:
+        if config.level == "O1":
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.optimized_model_filepath = str(out)
+            if external:  # over 2 GiB the optimized graph cannot be written inline
+                options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                 external_data_file(out).name)
+                options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                                 "1024")
+            ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+            _publish(out, dst, external)
+            return {}
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.optimizer import optimize_model
 
-    options = FusionOptions(target.model_type)
-    options.enable_gelu_approximation = config.level in ("O3", "O4")
-    model = optimize_model(str(src), model_type=target.model_type, num_heads=target.num_heads,
-                           hidden_size=target.hidden_size, optimization_options=options, opt_level=0)
-    if config.level == "O4":
-        model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(dst))
+        options = FusionOptions(target.model_type)
+        options.enable_gelu_approximation = config.level in ("O3", "O4")
+        model = optimize_model(str(src), model_type=target.model_type, num_heads=target.num_heads,
+                               hidden_size=target.hidden_size, optimization_options=options, opt_level=0)
+        if config.level == "O4":
+            model.convert_float_to_float16(keep_io_types=True)
+        model.save_model_to_file(str(out), use_external_data_format=external)
+        after = model.get_fused_operator_statistics()  # counts of the fused operator types, some there already
+        del model
+        _publish(out, dst, external)
     before = Counter(node.op_type for node in onnx.load(str(src), load_external_data=False).graph.node)
-    after = model.get_fused_operator_statistics()  # counts of the fused operator types, some there already (LayerNorm)
     return {name: count - before[name] for name, count in sorted(after.items()) if count > before[name]}
+
+
+@contextlib.contextmanager
+def _scratch(dst: Path) -> Iterator[Path]:
+    """A path for a tool's output beside `dst` (on the same disk), removed with whatever the tool wrote next to it."""
+    with tempfile.TemporaryDirectory(prefix=".pass-", dir=dst.parent) as scratch:
+        yield Path(scratch) / "model.onnx"
+
+
+def _publish(written: Path, dst: Path, external: bool) -> None:
+    """Move a tool's output graph to `dst`, its weights (whatever external files the tool wrote) streamed into
+    `<dst>_data` when the source graph's are external or they exceed 2 GiB, else inline."""
+    save_onnx(onnx.load(str(written), load_external_data=False), dst, base_dir=written.parent,
+              external_data=True if external else None)
+
+
+def _save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
+    """Write a graph held whole in memory to `dst` (external data as in `_publish`)."""
+    save_onnx(model, dst, external_data=True if external else None)
 
 
 class _NoPreprocessingHint(logging.Filter):
@@ -97,8 +130,10 @@ def fp16(src: Path, dst: Path) -> None:
     """fp16 weights and compute; inputs and outputs keep their types."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save_model(model, str(dst))
+    external = uses_external_data(src)
+    # onnx's in-memory shape inference refuses protobufs over 2 GiB; the exported graph carries its value_info.
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=external)
+    _save(model, dst, external)
 
 
 def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> dict[str, int]:
@@ -110,23 +145,27 @@ def dynamic_int8(src: Path, dst: Path, config: DynamicInt8) -> dict[str, int]:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(src))
+    external = uses_external_data(src)
+    model = onnx.load(str(src), load_external_data=False)  # the node names are all it needs
     nodes = weight_nodes(model, DYNAMIC_OPS, skip_after_activation=config.float_ffn_output)
-    with _quiet_quantizer():
+    report = {"quantized_nodes": len(nodes)}
+    with _scratch(dst) as out, _quiet_quantizer():
         quantize_dynamic(
-            str(src), str(dst),
+            str(src), str(out),
             weight_type=QuantType.QUInt8 if config.weight_type == "quint8" else QuantType.QInt8,
             per_channel=True,
             reduce_range=config.reduce_range,
             nodes_to_quantize=nodes,
             op_types_to_quantize=DYNAMIC_OPS,
+            use_external_data_format=external,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    report = {"quantized_nodes": len(nodes)}
-    if config.float_ffn_output:  # their weights are still stored as int8
-        quantized = onnx.load(str(dst))
+        if not config.float_ffn_output:
+            _publish(out, dst, external)
+            return report
+        quantized = onnx.load(str(out))  # their weights are still stored as int8
         report["float_ffn_outputs"] = weight_only_int8(quantized, sorted(set(weight_nodes(model, ["MatMul"])) - set(nodes)))
-        onnx.save_model(quantized, str(dst))
+        _save(quantized, dst, external)
     return report
 
 
@@ -139,12 +178,16 @@ def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_optimization=False, skip_symbolic_shape=True)
-        quantized = weight_nodes(onnx.load(str(prepared)), STATIC_OPS, skip_after_activation=True)
+    external = uses_external_data(src)
+    with _scratch(dst) as out:
+        prepared = out.with_name("prepared.onnx")
+        quant_pre_process(str(src), str(prepared), skip_optimization=False, skip_symbolic_shape=True,
+                          save_as_external_data=external, all_tensors_to_one_file=True,
+                          external_data_location=external_data_file(prepared).name)
+        prepared_graph = onnx.load(str(prepared), load_external_data=False)
+        quantized = weight_nodes(prepared_graph, STATIC_OPS, skip_after_activation=True)
         quantize_static(
-            str(prepared), str(dst), FeedsReader(feeds),
+            str(prepared), str(out), FeedsReader(feeds),
             nodes_to_quantize=quantized,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=STATIC_OPS,
@@ -152,15 +195,63 @@ def static_int8(src: Path, dst: Path, config: StaticInt8, feeds: list[dict[str, 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[config.method]),
+            use_external_data_format=external,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibTensorRangeSymmetric": False,
                            "CalibMovingAverage": config.method == "minmax"},
         )
         # The MatMuls kept in float still store int8 weights (dequantized once, at load), so the file shrinks
         # like the rest of the model.
-        model = onnx.load(str(dst))
-        in_float = weight_only_int8(model, sorted(set(weight_nodes(onnx.load(str(prepared)), ["MatMul"])) - set(quantized)))
-        onnx.save_model(model, str(dst))
+        model = onnx.load(str(out))
+        in_float = weight_only_int8(model, sorted(set(weight_nodes(prepared_graph, ["MatMul"])) - set(quantized)))
+        _save(model, dst, external)
     return {"quantized_nodes": len(quantized), "float_ffn_outputs": in_float}
+
+
+def weight_only(src: Path, dst: Path, config: WeightOnly) -> dict[str, int]:
+    """onnxruntime's MatMulNBits weight-only quantization (round to nearest, per block) of every MatMul whose weight
+    is a constant 2-D initializer; the embedding table (Gather) and activation x activation products stay float.
+
+    Returns:
+        {"quantized_nodes": n, "bits": b, "block_size": s, "accuracy_level": a}.
+
+    Raises:
+        QuantizationError: no MatMul was quantized (a graph without constant 2-D MatMul weights).
+    """
+    MatMulNBitsQuantizer = _matmul_nbits_quantizer()
+    external = uses_external_data(src)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=config.bits, block_size=config.block_size,
+                                     is_symmetric=config.symmetric, accuracy_level=config.accuracy_level)
+    with _quiet_quantizer():
+        quantizer.process()
+    model = quantizer.model.model
+    count = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
+    if not count:
+        raise QuantizationError(f"Weight-only int{config.bits} quantized nothing: the graph has no MatMul with a "
+                                "constant 2-D weight. Nothing was written; use --quantize int8 for this model.")
+    _save(model, dst, external)
+    return {"quantized_nodes": count, "bits": config.bits, "block_size": config.block_size,
+            "accuracy_level": config.accuracy_level}
+
+
+def _matmul_nbits_quantizer() -> type:
+    """onnxruntime's MatMulNBitsQuantizer, imported without its side effect: at import it calls
+    logging.basicConfig(level=INFO), which would print a line per graph node in any program that has not configured
+    logging yet. A handler on the root logger for the import makes that call a no-op.
+
+    Raises:
+        QuantizationError: it cannot be imported (it needs the onnx-ir package).
+    """
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise QuantizationError(f"Weight-only quantization needs onnxruntime's MatMulNBits quantizer, which could not "
+                                f"be imported ({exc}); pip install onnx-ir.") from exc
+    finally:
+        root.removeHandler(placeholder)
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # "skip to quantize <node>" per node
+    return MatMulNBitsQuantizer
 
 
 def weight_nodes(model: onnx.ModelProto, op_types: list[str], *, skip_after_activation: bool = False) -> list[str]:

@@ -7,11 +7,14 @@ config's `name`: "O3", "qint8_avx512_vnni", "openvino_qint8_weights") is an alia
     O1 .. O4              onnx      --optimize O1 .. O4                Optimize(level)
     int8                  onnx      --quantize int8 [--isa]            DynamicInt8(isa)
     int8-static           onnx      --quantize int8-static             StaticInt8(calibration texts, method, isa)
+    int8-weights          onnx      --quantize int8-weights            WeightOnly(bits=8)    (MatMulNBits)
+    int4-weights          onnx      --quantize int4-weights            WeightOnly(bits=4)    (MatMulNBits)
     fp16                  onnx      --fp16                             Fp16()
     openvino              openvino  (--backend openvino itself)        OpenVino("fp32")
     openvino-bf16         openvino  --bf16 (implies the backend)       OpenVino("bf16")
     openvino-fp16         openvino  --fp16                             OpenVino("fp16")
-    openvino-int8         openvino  --quantize int8                    OpenVinoInt8Weights()
+    openvino-int8         openvino  --quantize int8 (or int8-weights)  OpenVinoInt8Weights()
+    openvino-int4         openvino  --quantize int4-weights            OpenVinoInt4Weights()
     openvino-int8-static  openvino  --quantize int8-static             OpenVinoStaticInt8(calibration texts)
 
 Importing this module imports no onnx: the zoo validates recipes with it.
@@ -50,6 +53,7 @@ class VariantEntry:
     make: Callable[[VariantOptions], QuantizationConfig]
     takes: frozenset[str] = frozenset()  # the VariantOptions it uses: "isa", "method", "calibration_texts"
     named_by: tuple[str, ...] = ()  # the options its manifest name spells ("qint8_avx2": the ISA)
+    also_flags: tuple[str, ...] = ()  # other flag values that ask for it (openvino-int8 is int8 weights already)
 
     def config(self, options: VariantOptions | None = None) -> QuantizationConfig:
         return self.make(options or VariantOptions())
@@ -67,11 +71,14 @@ VARIANTS: dict[str, VariantEntry] = {entry.key: entry for entry in (
                  lambda o: configs.StaticInt8(calibration_texts=o.calibration_texts, method=o.method or "minmax",
                                                isa=o.isa),
                  frozenset({"isa", "method", "calibration_texts"}), named_by=("method",)),
+    VariantEntry("int8-weights", "onnx", "int8-weights", lambda _: configs.WeightOnly(bits=8)),
+    VariantEntry("int4-weights", "onnx", "int4-weights", lambda _: configs.WeightOnly(bits=4)),
     VariantEntry("fp16", "onnx", "fp16", lambda _: configs.Fp16()),
     VariantEntry("openvino", "openvino", None, lambda _: configs.OpenVino("fp32")),
     VariantEntry("openvino-bf16", "openvino", "bf16", lambda _: configs.OpenVino("bf16")),
     VariantEntry("openvino-fp16", "openvino", "fp16", lambda _: configs.OpenVino("fp16")),
-    VariantEntry("openvino-int8", "openvino", "int8", lambda _: configs.OpenVinoInt8Weights()),
+    VariantEntry("openvino-int8", "openvino", "int8", lambda _: configs.OpenVinoInt8Weights(), also_flags=("int8-weights",)),
+    VariantEntry("openvino-int4", "openvino", "int4-weights", lambda _: configs.OpenVinoInt4Weights()),
     VariantEntry("openvino-int8-static", "openvino", "int8-static",
                  lambda o: configs.OpenVinoStaticInt8(calibration_texts=o.calibration_texts), frozenset({"calibration_texts"})),
 )}
@@ -136,4 +143,13 @@ def expand_flags(backends: Iterable[str], flags: Iterable[str]) -> list[str]:
     fp32 IR."""
     backends, flags = set(backends), set(flags)
     return [entry.key for entry in VARIANTS.values()
-            if entry.backend in backends and (entry.flag is None or entry.flag in flags)]
+            if entry.backend in backends and (entry.flag is None or entry.flag in flags or flags & set(entry.also_flags))]
+
+
+def quantize_flag_values() -> list[str]:
+    """The values st-export's --quantize takes: every flag value of the table but the --optimize levels and the
+    precision flags (--fp16, --bf16), in the table's order."""
+    skip = {*OPTIMIZATION_LEVELS, "fp16", "bf16"}
+    values = [value for entry in VARIANTS.values() for value in (entry.flag, *entry.also_flags)
+              if value is not None and value not in skip]
+    return list(dict.fromkeys(values))
