@@ -6,7 +6,6 @@ gets its weight MatMuls quantized, and a graph with none fails in one line inste
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,6 @@ from exporters.cli import main as cli_main
 from quantizers import AccuracyError, quantize, variant_config
 from quantizers.configs import WeightOnly
 from st_runtime.manifest import hash_folder, load_manifest
-
-# transformers 4.57 builds Qwen3's causal mask with torch.vmap, which the TorchScript tracer cannot follow (the vmap
-# part of issue 24, another change); transformers 5 builds it without.
-TRANSFORMERS_5 = int(metadata.version("transformers").split(".")[0]) >= 5
-requires_transformers_5 = pytest.mark.skipif(not TRANSFORMERS_5, reason="Qwen3 traces on transformers 5 only (its "
-                                             "4.57 mask uses torch.vmap); this is the sentence-transformers 5 line")
 
 
 def weight_matmuls(path: Path) -> int:
@@ -55,7 +48,6 @@ TEXTS = ["What is the capital of France?", "Paris is the capital of France.", "�
          "القاهرة هي عاصمة مصر", "mIxEd CaSe TeXt 😊", "How do I reset my password?", "12345 67890"]
 
 
-@requires_transformers_5
 def test_weight_only_variants_are_recorded_with_their_accuracy(qwen3):
     model, _, folder = qwen3
     manifest = load_manifest(folder)
@@ -81,7 +73,6 @@ def test_weight_only_variants_are_recorded_with_their_accuracy(qwen3):
     assert np.sum(actual * reference, axis=1).min() > 0.9
 
 
-@requires_transformers_5
 def test_min_accuracy_refuses_a_weight_only_variant_and_writes_nothing(qwen3, tmp_path, capsys):
     _, source, folder = qwen3
     score = load_manifest(folder).variant(name="qint4_weights").accuracy["score"]
