@@ -128,9 +128,11 @@ def test_a_graph_without_weight_matmuls_fails_in_one_line(tmp_path, capsys):
     """A StaticEmbedding model is a table lookup and a mean: weight-only int4 would quantize nothing."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
-    from test_long_inputs import unigram
+    from test_long_inputs import bert_variant
 
-    static = StaticEmbedding(unigram(), embedding_dim=32)
+    tokenizer = bert_variant()  # its added tokens too: sentence-transformers 5.7 sizes the table without them
+    weights = np.random.default_rng(0).standard_normal((tokenizer.get_vocab_size(with_added_tokens=True), 32))
+    static = StaticEmbedding(tokenizer, embedding_weights=weights.astype(np.float32))
     source = tmp_path / "static"
     SentenceTransformer(modules=[static, Normalize()], device="cpu").save(str(source))
     out = tmp_path / "out"
