@@ -34,7 +34,7 @@ ATOL = 1e-4
 INT8_MIN_COSINE = 0.99
 MAX_SEQ_LENGTH = 32
 # What st-export --backend onnx openvino --quantize int8 adds: int8 (onnx dynamic), the fp32 IR, OpenVINO int8 weights.
-CLI_FLAGS = ["--backend", "onnx", "openvino", "--quantize", "int8"]
+CLI_FLAGS = ["--backend", "onnx", "openvino", "--quantize", "int8", "--bf16"]
 LONG = ("Zürich, Москва, 東京 and القاهرة are cities; the cat sat on the mat. 日本語の文章です。 " * 12).strip()
 TEXTS = [LONG, "a", "", "What is the capital of France?", "Résumé, naïve café: ΣΊΣΥΦΟΣ 😊 " * 9,
          "The quick brown fox jumps over the lazy dog near the riverbank at dawn.", "ภาษาไทย 한국어 हिन्दी " * 10, "ok"]
@@ -194,3 +194,16 @@ def test_int8_variants_stay_close_to_fp32(exported):
         cosine = min_cosine(fp32, outputs(runtime(folder, kind, name), kind))
         print(f"{name} min cosine to fp32 {cosine:.5f}")
         assert cosine >= INT8_MIN_COSINE, (name, cosine)
+
+
+def test_openvino_bf16_stays_close_to_fp32(exported):
+    """OpenVINO's bf16 inference variant (`--bf16`) against the fp32 graph of the same folder. On a CPU without bf16
+    arithmetic (AVX-512 BF16, AMX) OpenVINO runs it in fp32, so there this checks that the variant is written and runs;
+    on one with it, that every family stays within int8's bound in bf16."""
+    family, kind, _, folder, manifest = exported
+    if TRANSFORMERS_4 and (family, kind) in OPENVINO_FAILS_ON_4:
+        assert "openvino_bf16" not in {v.name for v in manifest.variants}
+        return
+    cosine = min_cosine(outputs(runtime(folder, kind), kind), outputs(runtime(folder, kind, "openvino_bf16"), kind))
+    print(f"openvino_bf16 min cosine to fp32 {cosine:.5f}")
+    assert cosine >= INT8_MIN_COSINE, cosine
