@@ -94,9 +94,9 @@ def onnx_op_times(path: Path, feeds: list[dict[str, Any]], threads: int) -> dict
 
 def openvino_op_times(model: Any, feeds: list[dict[str, Any]], threads: int) -> dict[str, float]:
     """Seconds per layer type (and its execution precision) over the feeds, from OpenVINO's performance counters."""
-    from st_runtime.backends import import_without_telemetry
+    from st_runtime.backends import import_openvino
 
-    ov = import_without_telemetry("openvino")
+    ov = import_openvino()
     xml = model.folder / model.variant.file
     hint = {"bf16": "bf16", "fp16": "f16"}.get(model.variant.precision or "", "f32")
     compiled = ov.Core().compile_model(str(xml), "CPU", {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": threads,

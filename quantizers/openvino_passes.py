@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from st_runtime.backends import import_without_telemetry, without_telemetry
+from st_runtime.backends import import_openvino, without_telemetry
 
 
 def _openvino():
     try:
-        ov = import_without_telemetry("openvino")
+        ov = import_openvino()
     except ImportError as exc:
         raise ImportError("OpenVINO export needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
     return ov
@@ -19,7 +19,8 @@ def _openvino():
 
 def _nncf():
     try:
-        nncf = import_without_telemetry("nncf")  # NNCF decides on its telemetry once, when it is imported
+        with without_telemetry():  # NNCF decides on its telemetry once, when it is imported
+            import nncf
     except ImportError as exc:
         raise ImportError("NNCF int8 needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
     return nncf

@@ -4,7 +4,6 @@ two things: `input_names` and `run(outputs, feeds) -> list[np.ndarray]`; both ar
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -86,7 +85,7 @@ class OpenVinoBackend:
     def __init__(self, path: Path, *, device: str = "CPU", inference_precision: str | None = None,
                  num_threads: int | None = None) -> None:
         try:
-            ov = import_without_telemetry("openvino")
+            ov = import_openvino()
         except ImportError as exc:
             raise ImportError("Running OpenVINO IR needs the openvino extra: pip install 'st-runtime[openvino]'") from exc
         if device.upper().split(":")[0].split(".")[0] not in OPENVINO_DEVICES:
@@ -165,7 +164,8 @@ def without_telemetry() -> Iterator[None]:
                 os.environ["CI"] = previous
 
 
-def import_without_telemetry(name: str) -> ModuleType:
-    """`importlib.import_module(name)` inside `without_telemetry` (openvino, nncf)."""
+def import_openvino() -> ModuleType:
+    """`import openvino` inside `without_telemetry` (its converter, ovc, starts telemetry when first imported)."""
     with without_telemetry():
-        return importlib.import_module(name)
+        import openvino
+    return openvino
