@@ -70,19 +70,18 @@ class SourcePrecision:
                 tensors[name] = done[id(tensor)][1]
 
     @contextlib.contextmanager
-    def fp32(self) -> Iterator[None]:
-        """The model in fp32 inside the block, in its own dtypes again after (also on error)."""
-        self._cast(to_fp32=True)
+    def _cast_within(self, to_fp32: bool) -> Iterator[None]:
+        """Cast one way inside the block and back after (also on error)."""
+        self._cast(to_fp32=to_fp32)
         try:
             yield
         finally:
-            self._cast(to_fp32=False)
+            self._cast(to_fp32=not to_fp32)
 
-    @contextlib.contextmanager
-    def original(self) -> Iterator[None]:
+    def fp32(self) -> contextlib.AbstractContextManager[None]:
+        """The model in fp32 inside the block, in its own dtypes again after (also on error)."""
+        return self._cast_within(True)
+
+    def original(self) -> contextlib.AbstractContextManager[None]:
         """Inside a `fp32()` block: the model in the dtypes it was loaded in, fp32 again after."""
-        self._cast(to_fp32=False)
-        try:
-            yield
-        finally:
-            self._cast(to_fp32=True)
+        return self._cast_within(False)
